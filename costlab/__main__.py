@@ -1,0 +1,52 @@
+"""`python -m costlab COMMAND`: course, merge, readme, data."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m costlab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("course", help="execute the notebooks and write results (make course)")
+    run.add_argument("--only", nargs="*", help="lessons to run, e.g. 02 04_gradient_checkpointing")
+    run.add_argument("--force", action="store_true", help="rerun notebooks already executed")
+    merge = sub.add_parser("merge", help="combine learners' ledgers into one (workshop)")
+    merge.add_argument("ledgers", nargs="+", type=Path)
+    merge.add_argument("--out", type=Path, required=True, help="directory for the merged ledger")
+    sub.add_parser("readme", help="regenerate the README's course table from the manifest")
+    sub.add_parser("data", help="regenerate data/reviews/ from its seed")
+    args = parser.parse_args(argv)
+
+    if args.command == "course":
+        from .runner import run_course
+
+        state = run_course(args.only, args.force)
+        return 1 if any(v["status"] != "ok" for v in state.values()) else 0
+    if args.command == "merge":
+        from . import ledger
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        merged = ledger.merge(args.ledgers, args.out / "ledger.jsonl")
+        print(f"merged {len(merged.records)} records from {len(args.ledgers)} ledger(s); skipped "
+              f"{merged.skipped_malformed} malformed and {merged.skipped_foreign} foreign line(s)")
+        return 0
+    if args.command == "readme":
+        from . import course
+
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        readme.write_text(course.readme_with_table(readme.read_text()))
+        print(f"updated the course table in {readme.name}")
+        return 0
+    if args.command == "data":
+        from . import reviews
+
+        for path in reviews.write():
+            print(f"wrote {path.relative_to(path.parents[2])}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

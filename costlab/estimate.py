@@ -1,0 +1,111 @@
+"""Predictions made before a variant runs: bytes (weights, grads, optimizer states, activations)
+and FLOPs (6·N·D), so each notebook can show predicted beside measured.
+
+Sources: bytes per parameter by precision and optimizer (ZeRO paper; Hugging Face "model
+memory anatomy"); activations per layer s·b·h·(34 + 5·a·s/h) bytes in 16-bit, ~2·s·b·h with
+full recomputation (Korthikanti et al. 2022); training FLOPs ~ 6·N·D (Kaplan et al. 2020).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "nf4": 0.5}
+# Optimizer state bytes per trainable parameter (fp32 parameters).
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw8bit": 2, "sgd_momentum": 4, "sgd": 0}
+# torch's AdamW also keeps one fp32 `step` scalar per parameter tensor.
+ADAMW_STEP_BYTES_PER_TENSOR = 4
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimator needs to know about a transformer."""
+    total_params: int
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "ModelShape":
+        c = model.config
+        get = lambda *names: next(getattr(c, n) for n in names if getattr(c, n, None) is not None)  # noqa: E731
+        return cls(sum(p.numel() for p in model.parameters()), get("hidden_size", "n_embd", "d_model"),
+                   get("num_hidden_layers", "n_layer"), get("num_attention_heads", "n_head"),
+                   get("vocab_size"))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: float
+    grad_bytes: float
+    optimizer_state_bytes: float
+    activation_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.grad_bytes + self.optimizer_state_bytes + self.activation_bytes
+
+    def as_dict(self) -> dict[str, float]:
+        return {"weights": self.weights_bytes, "grads": self.grad_bytes,
+                "optimizer": self.optimizer_state_bytes, "activations": self.activation_bytes,
+                "total": self.total_bytes}
+
+
+def trainable_tensors(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def state_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> MemoryEstimate:
+    """Exact prediction of weights + grads + optimizer states for a built model (no activations).
+
+    Exact for torch.optim.AdamW / SGD, which keep states in the parameter's dtype; bitsandbytes'
+    8-bit AdamW also keeps small per-block scales, so its figure is approximate.
+    """
+    if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZER_BYTES_PER_PARAM)}")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = trainable_tensors(model)
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    if optimizer == "adamw":
+        opt = sum(2 * p.numel() * p.element_size() + ADAMW_STEP_BYTES_PER_TENSOR for p in trainable)
+    else:
+        opt = OPTIMIZER_BYTES_PER_PARAM[optimizer] * sum(p.numel() for p in trainable)
+    return MemoryEstimate(weights, grads, opt, 0)
+
+
+def activation_bytes(shape: ModelShape, *, seq_len: int, batch: int, precision: str = "fp32",
+                     checkpointing: bool = False) -> float:
+    """Korthikanti et al.: s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit; 2·s·b·h with full
+    recomputation (plus one layer's worth, live while it is recomputed). Scaled for fp32."""
+    s, b, h, a = seq_len, batch, shape.hidden, shape.heads
+    scale = BYTES_PER_VALUE[precision] / 2
+    per_layer = s * b * h * (34 + 5 * a * s / h) * scale
+    if checkpointing:
+        return shape.layers * 2 * s * b * h * scale + per_layer
+    return shape.layers * per_layer
+
+
+def training_flops(n_params: float, tokens: float) -> float:
+    """6·N·D: forward 2 FLOPs per parameter per token, backward twice that."""
+    return 6 * n_params * tokens
+
+
+def predict_memory(shape: ModelShape, *, seq_len: int, batch: int, trainable_params: int | None = None,
+                   precision: str = "fp32", optimizer: str = "adamw", checkpointing: bool = False,
+                   weight_precision: str | None = None) -> MemoryEstimate:
+    """Memory of a training step from the shape alone (for plans made before anything runs).
+
+    trainable_params: all parameters by default; LoRA trains a small fraction.
+    weight_precision: the frozen base's storage ("nf4" for QLoRA), default `precision`.
+    """
+    n = shape.total_params
+    trainable = n if trainable_params is None else trainable_params
+    frozen = n - trainable
+    master = BYTES_PER_VALUE["fp32"]  # trainable weights are kept in fp32 (mixed precision too)
+    base = BYTES_PER_VALUE[weight_precision or precision]
+    weights = trainable * master + frozen * base
+    return MemoryEstimate(weights, trainable * master, OPTIMIZER_BYTES_PER_PARAM[optimizer] * trainable,
+                          activation_bytes(shape, seq_len=seq_len, batch=batch, precision=precision,
+                                           checkpointing=checkpointing))

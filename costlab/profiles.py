@@ -1,0 +1,92 @@
+"""Run sizes: one frozen dataclass per profile, so notebooks never hard-code a size.
+
+`COSTLAB_PROFILE` = smoke | cpu | gpu picks one; the default is `gpu` when CUDA is present,
+else `cpu`. `smoke` is what CI runs: the whole course in minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+PROFILE_ENV = "COSTLAB_PROFILE"
+
+
+class ProfileError(ValueError):
+    """A bad profile name or size."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # Causal LM (smollm2 by default): how many pretrained blocks to keep (None = all).
+    lm_layers: int | None
+    # Encoder (MiniLM by default): how many pretrained blocks to keep (None = all 6).
+    encoder_layers: int | None
+    seq_len: int  # tokens per example for the causal LM
+    cls_seq_len: int  # tokens per review for the classifiers
+    batch_size: int  # examples per optimizer step
+    train_steps: int  # optimizer steps of a fine-tuning run
+    eval_every: int  # steps between evaluations
+    n_train: int  # training reviews used (of the generated set)
+    n_eval: int  # validation reviews used for each evaluation
+    target_accuracy: float  # "reached the target" threshold for steps-to-target measures
+    warmup_steps: int  # timing: steps run and discarded before timing
+    timed_steps: int  # timing: steps whose median is reported
+    seeds: tuple[int, ...]  # seeds for learning-dynamics comparisons (at least 3)
+    world_size: int  # processes for the distributed notebooks
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ProfileError(f"profile {self.name!r}: {field.name} must be >= 0, got {value}")
+        if len(self.seeds) < 3:
+            raise ProfileError(f"profile {self.name!r}: at least 3 seeds, got {self.seeds}")
+        if not 0 < self.target_accuracy <= 1:
+            raise ProfileError(f"profile {self.name!r}: target_accuracy must be in (0, 1]")
+        if self.eval_every < 1 or self.timed_steps < 1:
+            raise ProfileError(f"profile {self.name!r}: eval_every and timed_steps must be >= 1")
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", lm_layers=2, encoder_layers=2, seq_len=64, cls_seq_len=32, batch_size=8,
+        train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
+        warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
+    ),
+    "cpu": Profile(
+        name="cpu", lm_layers=6, encoder_layers=None, seq_len=128, cls_seq_len=48, batch_size=16,
+        train_steps=150, eval_every=10, n_train=2000, n_eval=256, target_accuracy=0.85,
+        warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
+    ),
+    "gpu": Profile(
+        name="gpu", lm_layers=None, encoder_layers=None, seq_len=256, cls_seq_len=64, batch_size=32,
+        train_steps=400, eval_every=20, n_train=4000, n_eval=500, target_accuracy=0.9,
+        warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
+    ),
+}
+
+
+def default_profile_name() -> str:
+    """`gpu` when CUDA is usable, else `cpu` (CI sets `smoke` explicitly)."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def get(name: str | None = None) -> Profile:
+    """The profile named, else `COSTLAB_PROFILE`, else the hardware default."""
+    chosen = name or os.environ.get(PROFILE_ENV) or default_profile_name()
+    try:
+        return PROFILES[chosen]
+    except KeyError:
+        raise ProfileError(
+            f"unknown profile {chosen!r} (from {'argument' if name else PROFILE_ENV}); "
+            f"choose one of: {', '.join(PROFILES)}"
+        ) from None
+
+
+def override(profile: Profile, **sizes) -> Profile:
+    """A copy with some sizes changed, validated like the originals (the 'Try it' knobs)."""
+    return dataclasses.replace(profile, **sizes)

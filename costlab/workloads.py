@@ -1,0 +1,130 @@
+"""Variants described as data, run in a fresh process by `costlab.isolate` (fair memory peaks).
+
+`lm_training` is the causal-LM fine-tuning job that 00, 02, 04 and 13 measure: the baseline is
+full fine-tuning in fp32 with AdamW, and each keyword switches on one cut.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import data, evaluation, hardware, meter, models, profiles
+from .train import TrainConfig, enable_checkpointing, train
+
+
+def apply_lora(model, *, r: int, alpha: int | None = None, dropout: float = 0.0, targets=None):
+    """Wrap a model with LoRA adapters on its attention query/value projections (from the model)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout,
+                        target_modules=targets or models.lora_targets(model))
+    return get_peft_model(model, config)
+
+
+def nf4_config():
+    """QLoRA's 4-bit NormalFloat base with double quantization (bitsandbytes)."""
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def keep_4bit_trainable(model) -> None:
+    """bitsandbytes repacks 4-bit weights for fast CPU inference the first time a layer runs in
+    eval mode without grad, and its backward through the repacked kernel then yields no input
+    gradient: LoRA adapters upstream silently stop learning. Turn that repacking off."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def checkpoint_bytes(model) -> int:
+    """Bytes on disk of what you would keep after training: the adapter alone for LoRA."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
+
+
+def lm_training(*, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
+                batch_size: int | None = None, steps: int | None = None, lr: float = 1e-4,
+                lora_r: int = 0, qlora: bool = False, grad_checkpointing: bool = False,
+                autocast: str | None = None, optimizer: str = "adamw", compile: bool = False,
+                seed: int = 0, profile: str | None = None, measure_checkpoint: bool = True,
+                quality_records: int = 0) -> dict:
+    """Fine-tune the causal LM on the review LM task; return measured cost and quality.
+
+    Sizes default to the profile's. Returns {"metrics": {...}, "quality": {...}, "extra": {...}}.
+    """
+    p = profiles.get(profile)
+    layers = p.lm_layers if layers is None else layers
+    seq_len, batch_size = seq_len or p.seq_len, batch_size or p.batch_size
+    steps = steps or (p.warmup_steps + p.timed_steps)
+    if qlora and not lora_r:
+        raise ValueError("qlora=True needs lora_r > 0 (QLoRA trains LoRA adapters on a 4-bit base)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    lm, tokenizer = models.load(model or models.default_lm(), task="causal-lm", layers=layers,
+                                quantization_config=nf4_config() if qlora else None)
+    if not qlora:
+        lm.to(device)
+    if lora_r:
+        if qlora:
+            from peft import prepare_model_for_kbit_training
+
+            keep_4bit_trainable(lm)
+            lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+        lm = apply_lora(lm, r=lora_r)
+    train_enc = data.encode_lm(tokenizer, data.load_split("train", p.n_train), seq_len)
+    val_enc = data.encode_lm(tokenizer, data.load_split("val", p.n_eval), seq_len)
+    val_batches = data.eval_batches(val_enc, batch_size)
+    loss_before = evaluation.eval_loss(lm, val_batches)
+    sample = next(data.batches(train_enc, batch_size, seed=seed))
+    sample = {k: v.to(device) for k, v in sample.items()}
+    if grad_checkpointing:  # on before measuring what the forward pass keeps for backward
+        enable_checkpointing(lm)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        saved = meter.saved_tensor_bytes(lambda: lm(**sample).loss)
+    cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, autocast=autocast,
+                      grad_checkpointing=grad_checkpointing, compile=compile, seed=seed, progress=False)
+    result = train(lm, data.batches(train_enc, batch_size, seed=seed), cfg)
+    step_times = _step_times(result)
+    timed = step_times[p.warmup_steps:] or step_times
+    loss_after = evaluation.eval_loss(lm, val_batches)
+    trainable = models.count_params(lm, trainable_only=True)
+    metrics = {
+        "step_time_sec": statistics.median(timed),
+        "compile_sec": (step_times[0] - statistics.median(timed)) if compile else None,
+        "trainable_params": trainable, "total_params": models.count_params(lm),
+        "grad_bytes": result.state_bytes["grads"], "activation_bytes": saved,
+        "flops": result.flops_per_step, "optimizer_state_bytes": result.state_bytes["optimizer"],
+        "checkpoint_bytes": checkpoint_bytes(lm) if measure_checkpoint else None,
+        "throughput_samples_per_sec": batch_size / statistics.median(timed),
+    }
+    quality = {"eval_loss": loss_after, "perplexity": evaluation.perplexity(loss_after)}
+    if quality_records:
+        quality["accuracy"] = evaluation.lm_sentiment_accuracy(
+            lm, tokenizer, data.load_split("val", quality_records))
+    train_tokens = steps * batch_size * seq_len
+    priced, estimated = meter.price(result.train_seconds)
+    metrics.update(priced)
+    return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "quality": quality,
+            "estimated": estimated,
+            "extra": {"eval_loss_before": loss_before, "train_tokens": train_tokens, "steps": steps,
+                      "layers": layers, "seq_len": seq_len, "batch_size": batch_size,
+                      "train_seconds": result.train_seconds, "step_times_sec": step_times,
+                      "device": hardware.detect().name}}
+
+
+def _step_times(result) -> list[float]:
+    times, last = [], 0.0
+    for point in result.points:
+        times.append(point.seconds - last)
+        last = point.seconds
+    return times
+

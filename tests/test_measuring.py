@@ -1,0 +1,107 @@
+import torch
+from torch import nn
+
+from costlab import estimate, meter
+from costlab.train import enable_checkpointing
+
+
+def test_linear_flops_are_exactly_2_batch_in_out():
+    layer = nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64)
+    assert meter.count_flops(lambda: layer(x)) == 2 * 8 * 64 * 32
+
+
+def test_backward_flops_are_twice_forward_for_a_linear():
+    layer = nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64, requires_grad=True)
+    total = meter.count_flops(lambda: layer(x).sum().backward())
+    assert total == 3 * 2 * 8 * 64 * 32  # forward + grad wrt input + grad wrt weight
+
+
+def _tiny_llama(layers=4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def test_saved_bytes_of_a_4_layer_model_drop_with_checkpointing():
+    model = _tiny_llama(4)
+    ids = torch.randint(0, 128, (2, 32))
+    plain = meter.saved_tensor_bytes(lambda: model(input_ids=ids, labels=ids).loss)
+    enable_checkpointing(model)
+    model.train()
+    checkpointed = meter.saved_tensor_bytes(lambda: model(input_ids=ids, labels=ids).loss)
+    assert checkpointed < plain / 2, (plain, checkpointed)
+
+
+def test_predicted_weights_grads_adamw_states_equal_the_measured_bytes():
+    model = _tiny_llama(2)
+    ids = torch.randint(0, 128, (2, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    measured = meter.state_bytes(model, optimizer)
+    predicted = estimate.state_bytes(model, "adamw")
+    assert predicted.weights_bytes == measured["weights"]
+    assert predicted.grad_bytes == measured["grads"]
+    assert predicted.optimizer_state_bytes == measured["optimizer"]
+
+
+def test_frozen_parameters_get_no_grad_or_state_bytes_in_the_prediction():
+    model = _tiny_llama(2)
+    for p in model.model.embed_tokens.parameters():
+        p.requires_grad_(False)
+    full = estimate.state_bytes(_tiny_llama(2), "adamw")
+    frozen = estimate.state_bytes(model, "adamw")
+    embed = model.model.embed_tokens.weight.numel() * 4
+    assert full.grad_bytes - frozen.grad_bytes == embed
+
+
+def test_timing_discards_warmup_and_reports_the_median():
+    calls = []
+    timing = meter.time_fn(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.samples_sec) == 5 and len(timing.warmup_sec) == 2
+    assert min(timing.samples_sec) <= timing.median_sec <= max(timing.samples_sec)
+
+
+def test_6nd_estimate():
+    assert estimate.training_flops(1e6, 1e3) == 6e9
+
+
+def test_price_labels_table_values_as_estimates(monkeypatch):
+    monkeypatch.setenv("COSTLAB_POWER_W", "100")
+    monkeypatch.setenv("COSTLAB_PRICE_USD_PER_HOUR", "3.6")
+    values, estimated = meter.price(3600)
+    assert values["energy_j"] == 360000 and values["cost_usd"] == 3.6
+    assert set(estimated) == {"energy_j", "cost_usd", "co2_g"}
+    values, estimated = meter.price(3600, energy_j=1000.0)  # a meter reading is not an estimate
+    assert values["energy_j"] == 1000.0 and "energy_j" not in estimated
+
+
+def test_meter_reports_a_positive_memory_peak_for_an_allocation():
+    with meter.meter() as m:
+        block = torch.ones(64, 1024, 1024)  # 256 MiB
+        del block
+    assert m.result.wall_sec > 0
+    assert m.result.peak_mem_bytes is None or m.result.peak_mem_bytes > 200 * 2**20
+
+
+def test_isolate_runs_a_variant_in_a_fresh_process_and_reports_its_peak():
+    from costlab.isolate import isolate
+
+    result = isolate("tests.workers:allocate", mib=300)
+    assert result["allocated_mib"] == 300
+    assert result["peak_mem_bytes"] > 250 * 2**20
+    assert result["peak_mem_kind"] == "process_peak_rss_net"
+
+
+def test_isolate_reports_the_workers_error():
+    import pytest
+
+    from costlab.isolate import IsolatedRunFailed, isolate
+
+    with pytest.raises(IsolatedRunFailed, match="boom"):
+        isolate("tests.workers:fail")

@@ -83,3 +83,11 @@ def test_merge_cli_skips_malformed_and_foreign_lines(tmp_path):
                           str(tmp_path / "merged")], capture_output=True, text=True, check=True).stdout
     assert "merged 2 records" in out and "1 malformed" in out and "1 foreign" in out
     assert len(ledger.read(tmp_path / "merged" / "ledger.jsonl")) == 2
+
+
+def test_anchors_table_puts_our_ratio_beside_the_published_one():
+    from costlab import anchors
+
+    frame = anchors.beside("02", {"trainable_params": 1152.0})
+    row = frame[frame["published (not measured here)"].str.contains("trainable")].iloc[0]
+    assert row["ours x (measured here)"] == "1.15e+03x" and row["published x"] == "1e+04x"

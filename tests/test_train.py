@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from costlab import data, evaluation, models
@@ -30,14 +32,14 @@ def test_training_learns_and_counts_flops_per_step():
 def test_gradient_accumulation_equals_one_big_batch():
     torch.manual_seed(0)
     model_a, enc = _classifier_setup(n=16)
-    model_b, _ = _classifier_setup(n=16)
+    model_b = copy.deepcopy(model_a)  # the same randomly initialised head on both
     for m in (model_a, model_b):
         for module in m.modules():  # no dropout, so both compute the same function
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     full = {k: v[:8] for k, v in enc.items()}
     halves = iter([{k: v[:4] for k, v in enc.items()}, {k: v[4:8] for k, v in enc.items()}])
-    sgd = dict(optimizer="sgd", lr=0.01, max_grad_norm=None, progress=False, count_flops=False)
+    sgd = dict(optimizer="sgd", lr=0.1, max_grad_norm=None, progress=False, count_flops=False)
     train(model_a, iter([full]), TrainConfig(steps=1, **sgd))
     train(model_b, halves, TrainConfig(steps=1, grad_accum=2, **sgd))
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.costlab-installed
 
-.PHONY: setup course test lab readme clean-results
+.PHONY: setup course report test lab readme clean-results
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 course: $(STAMP)
 	$(PY) -m costlab course $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
+
+# report.html from the ledger under COSTLAB_RESULTS, without running a notebook (make course
+# writes it too, at the end).
+report: $(STAMP)
+	$(PY) -m costlab report
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke $(VENV)/bin/pytest -q

@@ -1,4 +1,4 @@
-"""`python -m costlab COMMAND`: course, merge, readme, data."""
+"""`python -m costlab COMMAND`: course, report, merge, readme, data."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,13 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("course", help="execute the notebooks and write results (make course)")
     run.add_argument("--only", nargs="*", help="lessons to run, e.g. 02 04_gradient_checkpointing")
     run.add_argument("--force", action="store_true", help="rerun notebooks already executed")
-    merge = sub.add_parser("merge", help="combine learners' ledgers into one (workshop)")
+    run.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    rep = sub.add_parser("report", help="write report.html from the ledger under COSTLAB_RESULTS")
+    rep.add_argument("--results", type=Path, help="results directory (default: COSTLAB_RESULTS or results/)")
+    merge = sub.add_parser("merge", help="combine learners' ledgers into one ledger + report (workshop)")
     merge.add_argument("ledgers", nargs="+", type=Path)
-    merge.add_argument("--out", type=Path, required=True, help="directory for the merged ledger")
+    merge.add_argument("--out", type=Path, required=True,
+                       help="directory for the merged ledger.jsonl and report.html")
     sub.add_parser("readme", help="regenerate the README's course table from the manifest")
     sub.add_parser("data", help="regenerate data/reviews/ from its seed")
     args = parser.parse_args(argv)
@@ -22,15 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "course":
         from .runner import run_course
 
-        state = run_course(args.only, args.force)
+        state = run_course(args.only, args.force, report=not args.no_report)
         return 1 if any(v["status"] != "ok" for v in state.values()) else 0
+    if args.command == "report":
+        from . import report
+
+        print(f"wrote {report.from_results(args.results)}")
+        return 0
     if args.command == "merge":
-        from . import ledger
+        from . import headline, ledger, report
 
         args.out.mkdir(parents=True, exist_ok=True)
+        missing = [str(p) for p in args.ledgers if not p.is_file()]
+        if missing:  # a typo in a path is worth a line, not a traceback; the rest still merge
+            print(f"not found, skipped: {', '.join(missing)}")
         merged = ledger.merge(args.ledgers, args.out / "ledger.jsonl")
         print(f"merged {len(merged.records)} records from {len(args.ledgers)} ledger(s); skipped "
               f"{merged.skipped_malformed} malformed and {merged.skipped_foreign} foreign line(s)")
+        groups = headline.groups(merged.records)
+        for group in groups:
+            measured = sum(c.status == "measured" for c in group.cuts)
+            print(f"  {group.label}, profile {group.profile}: {len(group.records)} records, "
+                  f"{measured} lesson(s) measured")
+        path = report.write(merged, args.out, title="costlab workshop report")
+        print(f"wrote {path}")
         return 0
     if args.command == "readme":
         from . import course

@@ -101,7 +101,7 @@ def is_record(obj) -> bool:
 def read_report(path: str | Path) -> ReadReport:
     report = ReadReport()
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():  # missing, or a directory handed in by mistake: nothing to read
         return report
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:

@@ -1,0 +1,246 @@
+"""report.html: one self-contained page that answers "what did each cut save on my hardware, at
+what quality, against the published figure".
+
+Every number comes from ledger records (via headline.py) or, for run times, from the runner's
+course_state.json; published figures come from costlab.anchors and are labelled as published.
+Plots are embedded as base64 PNG and the page loads nothing from the network.
+
+    python -m costlab report                  # results/ledger.jsonl -> results/report.html
+    python -m costlab merge A.jsonl B.jsonl --out workshop/   # several machines, grouped by hardware
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from html import escape
+from pathlib import Path
+
+from . import anchors, course, headline, ledger, metrics, report_plots
+from .headline import CutResult, Group, QualityDelta
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}
+th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}
+th{background:#f2f2f2} small{color:#555} .ratio{font-size:1.15em;font-weight:600}
+tr.not-run td{color:#888} .costs-more{color:#b33} .saving{color:#173} .failed{color:#b33;font-weight:600}
+.published{color:#444;font-style:italic} .plots{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;border:1px solid #ddd;padding:6px} figure.not-run{color:#888;min-width:200px}
+figcaption{font-size:12px;color:#555} section.hardware{border-top:3px solid #2a7;margin-top:2em}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _e(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def _value(name: str, value: float) -> str:
+    return metrics.format_value(name, value)
+
+
+def _quality_text(q: QualityDelta) -> str:
+    word = "better" if q.change > 0 else "worse" if q.change < 0 else "unchanged"
+    return (f"{_e(metrics.spec(q.metric).label)} {q.before:.4g} → {q.after:.4g} "
+            f"<small>({q.after - q.before:+.3g}, {word})</small>")
+
+
+def _published(cut: CutResult) -> tuple[str, str]:
+    """(figure, source): the anchor on the same metric if there is one, else the lesson's."""
+    found = anchors.for_lesson(cut.lesson.number)
+    same = [a for a in found if a.ratio and a.metric == cut.metric]
+    pick = (same or [a for a in found if a.ratio] or found or [None])[0]
+    if pick is None:
+        return _e(cut.lesson.published), _e(cut.lesson.source)
+    ratio = f"<b>{headline.format_ratio(pick.ratio)}</b> {_e(metrics.spec(pick.metric).label)}: " if pick.ratio else ""
+    more = f" <small>(+{len(found) - 1} more in the notebook)</small>" if len(found) > 1 else ""
+    return f"{ratio}{_e(pick.figure)} <small>({_e(pick.conditions)})</small>{more}", _e(pick.source)
+
+
+def _measured_only(cut: CutResult) -> str:
+    """A lesson without a variant-baseline pair (00 measures, it does not cut): its value."""
+    for rec in reversed(cut.records):
+        value = rec["metrics"].get(cut.lesson.headline_metric or "")
+        if value is not None:
+            return (f"no baseline pair; measured {_e(metrics.spec(cut.lesson.headline_metric).label)} "
+                    f"= {_e(_value(cut.lesson.headline_metric, value))} <small>({_e(rec['variant'])})</small>")
+    return "no variant with a recorded baseline"
+
+
+def _saving_cell(cut: CutResult) -> str:
+    if cut.status == "not run":
+        return "not run"
+    p = cut.headline
+    if p is None:
+        return _measured_only(cut) + (f"<br><small>{_e(cut.note)}</small>" if cut.note else "")
+    kind = "saving" if p.ratio > 1 else "costs-more"
+    parts = [f'<span class="ratio {kind}">{headline.format_ratio(p.ratio)}</span> '
+             f"{_e(metrics.spec(p.metric).label)}" + (" <small>(estimated)</small>" if p.estimated else ""),
+             f"<small>{_e(p.variant)} vs {_e(p.baseline)}: {_e(_value(p.metric, p.before))} → "
+             f"{_e(_value(p.metric, p.after))}</small>"]
+    if p.ratio <= 1:
+        parts.append('<small class="costs-more">no saving here</small>')
+    if cut.ratio_range:
+        lo, hi = cut.ratio_range
+        parts.append(f"<small>{cut.run_count} runs: {headline.format_ratio(lo)} – {headline.format_ratio(hi)}</small>")
+    if cut.note:
+        parts.append(f"<small>{_e(cut.note)}</small>")
+    return "<br>".join(parts)
+
+
+def _row(cut: CutResult, group: Group) -> str:
+    quality = ("<br>".join(_quality_text(q) for q in cut.headline.quality) or "not recorded") \
+        if cut.headline else "—"
+    figure, source = _published(cut)
+    cls = "cut not-run" if cut.status == "not run" else "cut"
+    cells = [cut.lesson.number, f"<b>{_e(cut.lesson.cut)}</b><br><small>{_e(cut.lesson.change)}</small>",
+             _saving_cell(cut), quality, f'<span class="published">{figure}</span>', source,
+             _e(group.label), _e(group.profile)]
+    return (f'<tr class="{cls}" data-lesson="{_e(cut.lesson.name)}" data-status="{_e(cut.status)}">'
+            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+
+
+HEADER = ("#", "cut", "headline saving measured here (x better)", "quality change (same pair)",
+          "published figure (not measured here)", "source", "hardware", "profile")
+
+
+def _img(png: str, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{png}">'
+
+
+def _cut_figure(cut: CutResult) -> str:
+    png = report_plots.cut_plot(cut) if cut.pairs else None
+    name = _e(cut.lesson.name)
+    if png is None:
+        why = "not run" if cut.status == "not run" else "nothing to plot (no variant-baseline pair)"
+        return f'<figure class="cut-plot not-run" data-lesson="{name}"><figcaption>{name}: {why}</figcaption></figure>'
+    return (f'<figure class="cut-plot" data-lesson="{name}">{_img(png, f"{cut.lesson.name} plot")}'
+            f"<figcaption>{name}: {_e(cut.lesson.cut)}</figcaption></figure>")
+
+
+def _group_section(group: Group, index: int) -> str:
+    rows = "\n".join(_row(cut, group) for cut in group.cuts)
+    pareto = report_plots.pareto_plot(group)
+    pareto_html = (f'<figure class="pareto">{_img(pareto, "cost vs quality across cuts")}</figure>'
+                   if pareto else "<p>No measured pairs yet.</p>")
+    measured = sum(c.status == "measured" for c in group.cuts)
+    return f"""
+<section class="hardware" id="group-{index}" data-hardware="{_e(group.label)}" data-profile="{_e(group.profile)}">
+<h2>{_e(group.label)} · profile <code>{_e(group.profile)}</code></h2>
+<p>{len(group.records)} ledger record(s); {measured} of {len(group.cuts)} lessons with a measured saving.</p>
+<table class="cuts"><thead><tr>{"".join(f"<th>{h}</th>" for h in HEADER)}</tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<h3>Cost vs quality across cuts</h3>
+{pareto_html}
+<h3>Per cut</h3>
+<div class="plots">{"".join(_cut_figure(c) for c in group.cuts)}</div>
+</section>"""
+
+
+def _across(groups: list[Group]) -> str:
+    """Workshop view: each lesson's headline ratio on each machine, side by side."""
+    head = "".join(f"<th>{_e(g.label)}<br><small>{_e(g.profile)}</small></th>" for g in groups)
+    rows = []
+    for i, lesson in enumerate(course.LESSONS):
+        cells = "".join(f"<td>{headline.format_ratio(g.cuts[i].headline.ratio) if g.cuts[i].headline else 'not run' if g.cuts[i].status == 'not run' else '—'}</td>"
+                        for g in groups)
+        rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td>{cells}</tr>')
+    return (f'<section id="across"><h2>Across hardware (headline ratio, x better)</h2>'
+            f'<table><thead><tr><th>lesson</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def _course_run(state: dict | None) -> str:
+    """Per-notebook status and run time of the last `make course` on this machine."""
+    if not state:
+        return ('<section id="course-run"><h2>Course run</h2><p>No course_state.json here (a merged report, '
+                "or notebooks run by hand): run times are in each machine's own report.</p></section>")
+    rows, total = [], 0.0
+    for lesson in course.LESSONS:
+        info = state.get(lesson.name)
+        if info is None:
+            status = "not run" if lesson.path.exists() else "not written yet"
+            rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td>{status}</td><td>—</td><td></td></tr>')
+            continue
+        seconds = float(info.get("seconds") or 0)
+        total += seconds
+        error = (info.get("error") or "").strip().splitlines()
+        cls = "failed" if info.get("status") != "ok" else ""
+        rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td class="{cls}">{_e(info.get("status"))}'
+                    f'</td><td>{seconds:.1f}</td><td><small>{_e(error[-1] if error else "")}</small></td></tr>')
+    return (f'<section id="course-run"><h2>Course run (this machine)</h2><p>Total: {total:.0f} s of notebook '
+            f"execution.</p><table><thead><tr><th>notebook</th><th>status</th><th>seconds</th><th>error</th></tr>"
+            f'</thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def _provenance(records: list[dict], read: ledger.ReadReport, outside: int) -> str:
+    commits: dict[str, int] = {}
+    versions: dict[str, set] = {}
+    created = sorted(str((r.get("provenance") or {}).get("created_at") or "") for r in records)
+    for rec in records:
+        prov = rec.get("provenance") if isinstance(rec.get("provenance"), dict) else {}
+        key = f"{str(prov.get('git_commit'))[:12]}" + (" (uncommitted changes)" if prov.get("git_dirty") else "")
+        commits[key] = commits.get(key, 0) + 1
+        for pkg, ver in (prov.get("versions") or {}).items():
+            versions.setdefault(pkg, set()).add(str(ver))
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    items = [f"Report generated {now} from {len(records)} ledger record(s)"
+             + (f", recorded {_e(created[0])} – {_e(created[-1])}" if created else "") + ".",
+             f"Skipped ledger lines: {read.skipped_malformed} malformed, {read.skipped_foreign} foreign; "
+             f"{outside} record(s) of notebooks outside this manifest.",
+             "Commits: " + (", ".join(f"<code>{_e(k)}</code> ×{v}" for k, v in sorted(commits.items())) or "—"),
+             "Versions: " + (", ".join(f"{_e(k)} {_e('/'.join(sorted(v)))}" for k, v in sorted(versions.items())) or "—"),
+             "Ratios are baseline ÷ variant for costs where lower is better (and variant ÷ baseline where "
+             "higher is better), taken from one run's variant and the baseline it names. Figures marked "
+             "estimated are estimates, not measurements. Published figures were measured elsewhere, on "
+             "other models and hardware: compare directions and orders of magnitude."]
+    return '<section id="provenance"><h2>Provenance</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></section>"
+
+
+def build(read: ledger.ReadReport, state: dict | None = None, title: str = "costlab report") -> str:
+    """The report's HTML from a ledger read (records + skipped counts) and optional run state."""
+    groups = headline.groups(read.records)
+    outside = headline.outside_manifest(read.records)
+    if not groups:  # nothing measured yet: still one row per lesson, all "not run"
+        groups = [Group({}, "—", [], [CutResult(l, l.headline_metric) for l in course.LESSONS])]
+    sections = "".join(_group_section(g, i) for i, g in enumerate(groups))
+    nav = "".join(f'<li><a href="#group-{i}">{_e(g.label)} · {_e(g.profile)}</a></li>' for i, g in enumerate(groups))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{_e(title)}: what each cut saved</h1>
+<p>One row per cut: the best variant's saving on the lesson's headline measure against its own
+baseline, measured on the hardware named in the row, with the quality change of the same pair
+beside it and the published figure (not measured here) for comparison. All measured numbers
+come from the ledger.</p>
+<ul>{nav}<li><a href="#course-run">course run</a></li><li><a href="#provenance">provenance</a></li></ul>
+{_across(groups) if len(groups) > 1 else ""}
+{sections}
+{_course_run(state)}
+{_provenance(read.records, read, outside)}
+</body></html>
+"""
+
+
+def write(read: ledger.ReadReport, out_dir: str | Path, state: dict | None = None,
+          title: str = "costlab report") -> Path:
+    out = Path(out_dir) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build(read, state, title), encoding="utf-8")
+    return out
+
+
+def load_state(path: str | Path) -> dict | None:
+    """The runner's course_state.json, or None if absent or unreadable (never fatal)."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def from_results(results: str | Path | None = None) -> Path:
+    """results/ledger.jsonl (+ course_state.json) -> results/report.html."""
+    results = Path(results) if results else ledger.results_dir()
+    return write(ledger.read_report(results / "ledger.jsonl"), results, load_state(results / "course_state.json"))

@@ -1,0 +1,54 @@
+"""`make course` on two tiny stand-in notebooks: one passes and records, one fails. The course keeps
+going, says which failed and why, resumes without rerunning the passed one, and writes the
+executed notebooks, the state with run times and report.html under COSTLAB_RESULTS."""
+import json
+
+import nbformat
+import pytest
+
+from costlab import course, runner
+
+GOOD = ("from costlab import ledger\n"
+        "ledger.record('00_measuring_cost', 'base', metrics={'flops': 10.0})\n"
+        "ledger.record('00_measuring_cost', 'half', metrics={'flops': 5.0}, baseline='base')")
+BAD = "raise RuntimeError('the saving did not show up')"
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# stand-in"), nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def two_notebooks(tmp_path, monkeypatch):
+    folder = tmp_path / "lessons"  # not results/notebooks, where the executed copies go
+    folder.mkdir()
+    _notebook(folder / "00_measuring_cost.ipynb", GOOD)
+    _notebook(folder / "01_fine_tune_dont_pretrain.ipynb", BAD)
+    monkeypatch.setattr(course, "NOTEBOOK_DIR", folder)
+    return folder
+
+
+def test_course_keeps_going_reports_failures_resumes_and_writes_the_report(two_notebooks, results_dir, capsys):
+    state = runner.run_course()
+    assert state["00_measuring_cost"]["status"] == "ok"
+    failed = state["01_fine_tune_dont_pretrain"]
+    assert failed["status"] == "failed" and "the saving did not show up" in failed["error"]
+    assert "cell 1: raise RuntimeError" in failed["error"]  # where it failed, not only what
+    out = capsys.readouterr().out
+    assert "FAILED 01_fine_tune_dont_pretrain" in out and "RuntimeError: the saving did not show up" in out
+    assert (results_dir / "notebooks" / "00_measuring_cost.ipynb").exists()
+    assert (results_dir / "notebooks" / "01_fine_tune_dont_pretrain.ipynb").exists()  # kept, failure included
+    saved = json.loads((results_dir / "course_state.json").read_text())
+    assert saved["00_measuring_cost"]["seconds"] > 0 and saved["00_measuring_cost"]["profile"] == "smoke"
+    html = (results_dir / "report.html").read_text()
+    assert 'data-lesson="00_measuring_cost" data-status="measured"' in html and "2.00x" in html
+    assert 'data-lesson="02_lora" data-status="not run"' in html
+    assert "the saving did not show up" in html  # the course-run table says why
+
+    again = runner.run_course()  # resume: the passed notebook is skipped, the failed one reruns
+    out = capsys.readouterr().out
+    assert "00_measuring_cost: already executed" in out and again["00_measuring_cost"]["status"] == "ok"
+    assert "01_fine_tune_dont_pretrain: failed" in out  # a failed notebook is never skipped

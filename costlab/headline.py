@@ -167,9 +167,13 @@ def cut_result(lesson: course.Lesson, records: list[dict]) -> CutResult:
     runs = _runs(mine)
     if not runs:
         return CutResult(lesson, lesson.headline_metric)
-    latest = runs[-1]
     metric, note = lesson.headline_metric, ""
-    if metric is None or not pairs(latest, metric):
+    # The newest run that measured a pair; a run stopped after its baseline does not hide it.
+    latest = next((run for run in reversed(runs) if metric and pairs(run, metric)), None)
+    if latest is not None and latest is not runs[-1]:
+        note = "the newest run recorded no variant-baseline pair; showing the newest one that did"
+    if latest is None:
+        latest = runs[-1]
         fallback = _fallback_metric(latest)
         if fallback:
             note = f"headline metric {metric} not recorded; showing {fallback}"

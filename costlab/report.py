@@ -142,10 +142,12 @@ def _group_section(group: Group, index: int) -> str:
 def _across(groups: list[Group]) -> str:
     """Workshop view: each lesson's headline ratio on each machine, side by side."""
     head = "".join(f"<th>{_e(g.label)}<br><small>{_e(g.profile)}</small></th>" for g in groups)
+    def cell(cut: CutResult) -> str:
+        return headline.format_ratio(cut.headline.ratio) if cut.headline else cut.status
+
     rows = []
     for i, lesson in enumerate(course.LESSONS):
-        cells = "".join(f"<td>{headline.format_ratio(g.cuts[i].headline.ratio) if g.cuts[i].headline else 'not run' if g.cuts[i].status == 'not run' else '—'}</td>"
-                        for g in groups)
+        cells = "".join(f"<td>{cell(g.cuts[i])}</td>" for g in groups)
         rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td>{cells}</tr>')
     return (f'<section id="across"><h2>Across hardware (headline ratio, x better)</h2>'
             f'<table><thead><tr><th>lesson</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
@@ -159,7 +161,7 @@ def _course_run(state: dict | None) -> str:
     rows, total = [], 0.0
     for lesson in course.LESSONS:
         info = state.get(lesson.name)
-        if info is None:
+        if not isinstance(info, dict):
             status = "not run" if lesson.path.exists() else "not written yet"
             rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td>{status}</td><td>—</td><td></td></tr>')
             continue

@@ -90,6 +90,15 @@ def test_latest_run_gives_the_headline_and_older_runs_the_range():
     assert cut.ratio_range == pytest.approx((4.0, 8.0))
 
 
+def test_a_newer_run_without_a_pair_does_not_hide_a_complete_one():
+    lesson = course.lesson("02")
+    done = lesson_records(lesson, scale=1.0, run_id="done")
+    stopped = lesson_records(lesson, scale=1.0, run_id="stopped")[:1]  # killed after its baseline
+    stopped[0]["provenance"]["created_at"] = "2999-01-01T00:00:00+00:00"
+    cut = headline.cut_result(lesson, done + stopped)
+    assert cut.headline.ratio == pytest.approx(4.0) and "newest run recorded no" in cut.note
+
+
 def test_missing_headline_metric_falls_back_and_says_so():
     lesson = course.lesson("08")
     recs = lesson_records(lesson, scale=1.0)

@@ -102,7 +102,7 @@ def hardware_key(rec: dict) -> tuple[str, str, int]:
 
 def hardware_label(device: dict) -> str:
     kind, name, count = hardware_key({"device": device})
-    unit = "cores" if kind == "cpu" else "GPU(s)"
+    unit = ("core" if kind == "cpu" else "GPU") + ("s" if count != 1 else "")
     return f"{kind}: {name}" + (f" ({count} {unit})" if count else "")
 
 
@@ -187,6 +187,15 @@ def cut_result(lesson: course.Lesson, records: list[dict]) -> CutResult:
         if len(ratios) > 1:
             result.ratio_range = (min(ratios), max(ratios))
     return result
+
+
+def same_pair_on(cut: CutResult, metric: str) -> Pair | None:
+    """The headline's variant and baseline compared on another metric (for a published figure
+    about that metric), or None where either side did not record it."""
+    if cut.headline is None:
+        return None
+    return next((p for p in pairs(cut.records, metric) if p.variant == cut.headline.variant
+                 and p.baseline == cut.headline.baseline), None)
 
 
 def _valid(rec: dict) -> bool:

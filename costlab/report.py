@@ -46,15 +46,23 @@ def _quality_text(q: QualityDelta) -> str:
 
 
 def _published(cut: CutResult) -> tuple[str, str]:
-    """(figure, source): the anchor on the same metric if there is one, else the lesson's."""
+    """(figure, source): the anchor about the headline metric if there is one, else one about a
+    metric the headline pair also recorded (with our ratio on it), else the lesson's first."""
     found = anchors.for_lesson(cut.lesson.number)
-    same = [a for a in found if a.ratio and a.metric == cut.metric]
-    pick = (same or [a for a in found if a.ratio] or found or [None])[0]
+    numeric = [a for a in found if a.ratio and a.metric]
+    same = [a for a in numeric if a.metric == cut.metric]
+    ours = [a for a in numeric if headline.same_pair_on(cut, a.metric)]
+    pick = (same or ours or numeric or found or [None])[0]
     if pick is None:
         return _e(cut.lesson.published), _e(cut.lesson.source)
     ratio = f"<b>{headline.format_ratio(pick.ratio)}</b> {_e(metrics.spec(pick.metric).label)}: " if pick.ratio else ""
     more = f" <small>(+{len(found) - 1} more in the notebook)</small>" if len(found) > 1 else ""
-    return f"{ratio}{_e(pick.figure)} <small>({_e(pick.conditions)})</small>{more}", _e(pick.source)
+    text = f"{ratio}{_e(pick.figure)} <small>({_e(pick.conditions)})</small>{more}"
+    mine = headline.same_pair_on(cut, pick.metric) if pick.ratio and pick.metric != cut.metric else None
+    if mine:
+        text += (f'<br><small class="ours">ours on this measure ({_e(mine.variant)} vs {_e(mine.baseline)}): '
+                 f"{headline.format_ratio(mine.ratio)}</small>")
+    return text, _e(pick.source)
 
 
 def _measured_only(cut: CutResult) -> str:

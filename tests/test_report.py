@@ -152,3 +152,13 @@ def test_report_is_self_contained_and_has_provenance_and_run_times(full_report):
              "05_compiler_fusion": {"status": "failed", "seconds": 3.0, "error": "Trace\nRuntimeError: boom"}}
     timed = report._course_run(state)
     assert "12.5" in timed and "RuntimeError: boom" in timed and "Total: 16 s" in timed
+
+
+def test_a_published_figure_on_another_measure_gets_our_ratio_on_that_measure():
+    lesson = course.lesson("02")  # headline: optimizer state bytes; LoRA's paper: trainable params
+    recs = lesson_records(lesson, scale=1.0)
+    recs[0]["metrics"]["trainable_params"] = 1_000_000
+    recs[2]["metrics"]["trainable_params"] = 1_000
+    figure, source = report._published(headline.cut_result(lesson, recs))
+    assert "10,000x" in figure and "ours on this measure (cut vs baseline): 1,000x" in figure
+    assert source.startswith("Hu et al. 2021")

@@ -36,6 +36,12 @@ COST_METRICS: dict[str, MetricSpec] = {
     "co2_g": MetricSpec("g", True, "CO2"),
     "busy_fraction": MetricSpec("fraction", False, "trainer busy fraction"),
     "latency_ms": MetricSpec("ms", True, "latency"),
+    # Parallel training (10, 11): what one sample costs with every device of the job paid for,
+    # how much of N workers' throughput is real (1.0 = linear), and the share of a step spent
+    # waiting on communication.
+    "cost_usd_per_sample": MetricSpec("USD/sample", True, "cost per sample"),
+    "scaling_efficiency": MetricSpec("fraction", False, "scaling efficiency"),
+    "comm_fraction": MetricSpec("fraction", True, "communication share of a step"),
 }
 
 QUALITY_METRICS: dict[str, MetricSpec] = {

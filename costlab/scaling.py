@@ -1,0 +1,137 @@
+"""The arithmetic of parallel training: scaling efficiency, cost per sample, a right-sizing rule,
+the ZeRO bytes-per-rank formulas and the bytes each strategy moves per step.
+
+Pure functions of measured (or counted) numbers, so they are tested without launching anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from . import hardware
+
+
+def efficiency(throughput: float, throughput_one: float, world_size: int) -> float:
+    """Throughput of N workers over N times one worker's: 1.0 is perfect linear scaling."""
+    return throughput / (world_size * throughput_one)
+
+
+def device_price_usd_per_hour(kind: str | None = None) -> float | None:
+    """The price of ONE device a rank rents: one GPU, or one CPU core (kind "cpu", also on a
+    GPU machine whose ranks run on its CPU)."""
+    device = hardware.detect()
+    if kind == "cpu" and device.kind != "cpu":
+        device = dataclasses.replace(device, kind="cpu", table_key="cpu-core")
+    return hardware.price_usd_per_hour(dataclasses.replace(device, count=1))
+
+
+def cost_per_sample(step_time_sec: float, samples_per_step: int, devices: int,
+                    usd_per_device_hour: float | None) -> float | None:
+    """USD per training sample: every device of the job is paid for the whole step."""
+    if usd_per_device_hour is None:
+        return None
+    return devices * usd_per_device_hour * step_time_sec / 3600 / samples_per_step
+
+
+@dataclass(frozen=True)
+class RightSize:
+    cheapest: int  # the world size with the most samples per dollar
+    recommended: int  # the largest world size whose cost premium stays within the limit
+    max_premium: float  # the limit: cost per sample at most this times the cheapest's
+    rows: list[dict]  # per world size: throughput, efficiency, USD per sample, premium, pays
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows).set_index("world_size")
+
+
+def right_size(throughput: dict[int, float], usd_per_device_hour: float, *,
+               max_premium: float = 1.25) -> RightSize:
+    """Pick a world size from measured throughputs {world size: samples/s}.
+
+    Samples per dollar peak where efficiency peaks (usually 1 worker, since efficiency <= 1):
+    more workers buy wall-clock time at a premium of 1/efficiency. The rule: grow while each
+    size still costs at most `max_premium` times the cheapest per sample; beyond, it stops
+    paying. (1.25 = efficiency >= 0.8 against the cheapest.)
+    """
+    if 1 not in throughput:
+        raise ValueError("right_size needs the 1-worker throughput as the reference")
+    if max_premium < 1:
+        raise ValueError("max_premium must be >= 1")
+    cost = {n: n * usd_per_device_hour / 3600 / t for n, t in throughput.items()}
+    cheapest = min(cost, key=cost.get)
+    rows = []
+    for n in sorted(throughput):
+        premium = cost[n] / cost[cheapest]
+        rows.append({"world_size": n, "throughput_samples_per_sec": throughput[n],
+                     "scaling_efficiency": efficiency(throughput[n], throughput[1], n),
+                     "cost_usd_per_sample": cost[n], "samples_per_usd": 1 / cost[n],
+                     "premium_x": premium, "pays": premium <= max_premium})
+    paying = [r["world_size"] for r in rows if r["pays"]]
+    return RightSize(cheapest, max(paying), max_premium, rows)
+
+
+def ddp_variants(one: dict, runs: dict[int, list[dict]], usd_per_device_hour: float | None) -> dict[str, dict]:
+    """Vocabulary metrics of every variant of 10_data_parallelism, from the ranks' results.
+
+    one: the 1-rank result of `costlab.ddp_worker.run` (plain, accumulation, one big batch);
+    runs: {world size: [each rank's result]}. A DDP step is as slow as its slowest rank.
+    """
+    b, k = one["batch_size"], one["equivalence"]["k"]
+    t, act = one["step_time_sec"], one["activation_bytes"]
+
+    def row(step: float, samples: int, devices: int, activation: int, **more) -> dict:
+        return {"step_time_sec": step, "throughput_samples_per_sec": samples / step,
+                "cost_usd_per_sample": cost_per_sample(step, samples, devices, usd_per_device_hour),
+                "activation_bytes": activation, **more}
+
+    out = {"1_worker": row(t["step"], b, 1, act["micro_batch"], scaling_efficiency=1.0),
+           f"grad_accum_x{k}": row(t["accumulation"], k * b, 1, act["micro_batch"]),
+           f"one_batch_x{k}": row(t["one_batch"], k * b, 1, act["one_batch"])}
+    for n, ranks in sorted(runs.items()):
+        step = max(r["step_time_sec"]["step"] for r in ranks)
+        synced = sum(r["step_time_sec"]["backward_synced"] for r in ranks) / n
+        alone = sum(r["step_time_sec"]["backward_no_sync"] for r in ranks) / n
+        out[f"ddp_{n}_workers"] = row(
+            step, n * b, n, max(r["activation_bytes"]["micro_batch"] for r in ranks),
+            scaling_efficiency=efficiency(n * b / step, b / t["step"], n),
+            comm_fraction=max(0.0, synced - alone) / step)
+    return out
+
+
+# ---------------------------------------------------------------- ZeRO and communication volume
+
+STAGES = {0: "DDP (replicated)", 1: "ZeRO-1: optimizer states sharded",
+          2: "ZeRO-2: + gradients sharded", 3: "ZeRO-3 / FSDP: + parameters sharded"}
+
+
+def zero_bytes_per_rank(n_params: int, world_size: int, stage: int, *, param_bytes: int = 4,
+                        grad_bytes: int = 4, optimizer_bytes: int = 8) -> dict[str, float]:
+    """Bytes of parameters, gradients and optimizer states held by one rank (Rajbhandari et al.).
+
+    Defaults: fp32 training with AdamW (two fp32 moments = 8 bytes per parameter). Mixed-precision
+    Adam is param_bytes=2, grad_bytes=2, optimizer_bytes=12 (fp32 master copy + moments): 16 per
+    parameter, the ZeRO paper's figure. Stage s shards the first s of (optimizer, grads, params).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {list(STAGES)}")
+    n = world_size
+    per = {"params": n_params * param_bytes, "grads": n_params * grad_bytes,
+           "optimizer": n_params * optimizer_bytes}
+    sharded = {"optimizer": stage >= 1, "grads": stage >= 2, "params": stage >= 3}
+    return {k: v / n if sharded[k] else float(v) for k, v in per.items()}
+
+
+def bytes_moved_per_rank(strategy: str, param_bytes: float, world_size: int) -> float:
+    """Bytes each rank sends per step with ring collectives (receives the same).
+
+    DDP: one all-reduce of the gradients = reduce-scatter + all-gather, 2(N-1)/N x the bytes.
+    FSDP: all-gather the parameters in forward and again in backward, reduce-scatter the
+    gradients: 3(N-1)/N x the bytes, 1.5x DDP's traffic.
+    """
+    share = (world_size - 1) / world_size
+    rounds = {"ddp": 2, "fsdp": 3}
+    if strategy not in rounds:
+        raise ValueError(f"strategy must be one of {list(rounds)}")
+    return rounds[strategy] * share * param_bytes

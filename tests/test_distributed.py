@@ -1,0 +1,85 @@
+"""costlab.distributed: torchrun jobs report each rank's result or error, are stopped at their
+timeout, and leave no process behind. Each launch starts real processes (a few seconds each)."""
+import time
+
+import psutil
+import pytest
+
+from costlab import distributed
+
+
+def _all_gone(pids) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def test_each_rank_result_in_rank_order_with_one_thread_each():
+    results = distributed.launch("tests.dist_workers:sum_ranks", nproc=2, timeout_s=180)
+    assert [r["rank"] for r in results] == [0, 1]
+    assert all(r["sum"] == 3.0 and r["world_size"] == 2 for r in results)  # the all-reduce ran
+    assert all(r["threads"] == 1 and r["omp"] == "1" for r in results)
+
+
+def test_failing_rank_is_named_with_its_error_and_the_job_stopped():
+    started = time.perf_counter()
+    with pytest.raises(distributed.LaunchFailed) as caught:
+        distributed.launch("tests.dist_workers:rank_one_raises", nproc=2, timeout_s=180)
+    failed = caught.value
+    message = str(failed)
+    assert "rank 1 (failed first): ValueError: rank one broke on purpose" in message
+    assert "dist_workers.py" in message  # where it raised
+    assert not failed.timed_out  # torchrun noticed the failure; the timeout was not needed
+    assert time.perf_counter() - started < 150
+    assert [r.status for r in failed.reports] == ["error", "error"]  # rank 0 lost its peer
+    assert _all_gone(failed.pids)
+
+
+def test_hanging_rank_is_stopped_at_the_timeout_with_where_it_hung():
+    timeout = 30
+    started = time.perf_counter()
+    with pytest.raises(distributed.LaunchFailed) as caught:
+        distributed.launch("tests.dist_workers:rank_one_hangs", nproc=2, timeout_s=timeout)
+    failed = caught.value
+    assert failed.timed_out
+    assert time.perf_counter() - started < timeout + 20  # stopped, not left to run
+    assert f"did not finish within {timeout} s" in str(failed)
+    assert "stuck_forever" in failed.reports[1].log_tail  # its stack, dumped on SIGTERM
+    assert "barrier" in failed.reports[0].log_tail  # rank 0 was waiting for it
+    assert _all_gone(failed.pids)
+
+
+def test_a_process_started_by_a_worker_is_stopped_too():
+    """The background evaluator of 12 is a grandchild of the launcher; a timeout kills it too."""
+    with pytest.raises(distributed.LaunchFailed) as caught:
+        distributed.launch("tests.dist_workers:evaluator_then_hang", torchrun=False, timeout_s=40)
+    failed = caught.value
+    assert "evaluator pid" in failed.reports[0].log_tail
+    evaluator_pid = int(failed.reports[0].log_tail.split("evaluator pid ")[1].split()[0])
+    assert evaluator_pid in failed.pids
+    assert _all_gone(failed.pids)
+
+
+def test_target_must_name_a_function():
+    with pytest.raises(ValueError, match="module:function"):
+        distributed.launch("tests.dist_workers", nproc=1)
+    with pytest.raises(ValueError, match="one plain process"):
+        distributed.launch("tests.dist_workers:plain", nproc=2, torchrun=False)
+
+
+def test_commands_scale_by_torchrun_flags_only():
+    one = distributed.shell_command(8)
+    two = distributed.shell_command(8, nnodes=2, rdzv_endpoint="host:29500")
+    assert "--standalone" in one and "--nproc-per-node=8" in one
+    assert "--nnodes=2" in two and "--rdzv-endpoint=host:29500" in two
+    assert one.split("-m costlab.rank")[1] == two.split("-m costlab.rank")[1]  # the same script
+
+
+def test_world_sizes_are_powers_of_two_and_include_two():
+    sizes = distributed.world_sizes(8)
+    assert sizes[:2] == [1, 2]
+    assert all(b == 2 * a for a, b in zip(sizes, sizes[1:]))

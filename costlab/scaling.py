@@ -123,15 +123,37 @@ def zero_bytes_per_rank(n_params: int, world_size: int, stage: int, *, param_byt
     return {k: v / n if sharded[k] else float(v) for k, v in per.items()}
 
 
-def bytes_moved_per_rank(strategy: str, param_bytes: float, world_size: int) -> float:
+def bytes_moved_per_rank(strategy: str, param_bytes: float, world_size: int, *,
+                         gathered_once: float = 0.0) -> float:
     """Bytes each rank sends per step with ring collectives (receives the same).
 
     DDP: one all-reduce of the gradients = reduce-scatter + all-gather, 2(N-1)/N x the bytes.
     FSDP: all-gather the parameters in forward and again in backward, reduce-scatter the
-    gradients: 3(N-1)/N x the bytes, 1.5x DDP's traffic.
+    gradients: 3(N-1)/N x the bytes, 1.5x DDP's traffic. gathered_once: the share of parameters
+    kept gathered from forward to backward (FSDP2's root module), gathered once, not twice.
     """
     share = (world_size - 1) / world_size
-    rounds = {"ddp": 2, "fsdp": 3}
+    rounds = {"ddp": 2.0, "fsdp": 3.0 - gathered_once}
     if strategy not in rounds:
         raise ValueError(f"strategy must be one of {list(rounds)}")
     return rounds[strategy] * share * param_bytes
+
+
+def shard_variants(ranks: list[dict], usd_per_device_hour: float | None) -> dict[str, dict]:
+    """Vocabulary metrics of DDP and FSDP from the ranks' results of `costlab.fsdp_worker.run`.
+
+    Bytes are per rank, the largest rank's (the one that must fit); a step is as slow as its
+    slowest rank.
+    """
+    n, b = len(ranks), ranks[0]["batch_size"]
+    out = {}
+    for strategy in ("ddp", "fsdp"):
+        held = [r["held_bytes"][strategy] for r in ranks]
+        step = max(r["step_time_sec"][strategy] for r in ranks)
+        out[strategy] = {
+            "model_size_bytes": max(h["params"] for h in held),
+            "grad_bytes": max(h["grads"] for h in held),
+            "optimizer_state_bytes": max(h["optimizer"] for h in held),
+            "step_time_sec": step, "throughput_samples_per_sec": n * b / step,
+            "cost_usd_per_sample": cost_per_sample(step, n * b, n, usd_per_device_hour)}
+    return out

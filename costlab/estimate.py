@@ -26,6 +26,8 @@ class ModelShape:
     layers: int
     heads: int
     vocab: int
+    kv_heads: int | None = None  # grouped-query attention: key/value heads (None = heads)
+    tied_embeddings: bool = True  # the LM head reuses the input embedding matrix
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "ModelShape":
@@ -33,7 +35,8 @@ class ModelShape:
         get = lambda *names: next(getattr(c, n) for n in names if getattr(c, n, None) is not None)  # noqa: E731
         return cls(sum(p.numel() for p in model.parameters()), get("hidden_size", "n_embd", "d_model"),
                    get("num_hidden_layers", "n_layer"), get("num_attention_heads", "n_head"),
-                   get("vocab_size"))
+                   get("vocab_size"), getattr(c, "num_key_value_heads", None),
+                   bool(getattr(c, "tie_word_embeddings", True)))
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,32 @@ def state_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> MemoryEstim
 
 
 def activation_bytes(shape: ModelShape, *, seq_len: int, batch: int, precision: str = "fp32",
-                     checkpointing: bool = False) -> float:
-    """Korthikanti et al.: s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit; 2·s·b·h with full
-    recomputation (plus one layer's worth, live while it is recomputed). Scaled for fp32."""
+                     checkpointing: bool = False, dropout: bool = True, attention_scores: bool = True,
+                     recompute_peak: bool = True) -> float:
+    """Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit; 2·s·b·h per layer
+    with full recomputation (plus one layer's worth, live while it is recomputed).
+
+    The 34 + 5·a·s/h splits into 16·s·b·h + 2·a·s²·b activation values (2 bytes each in 16-bit,
+    `precision` scales them) and 2·s·b·h + a·s²·b bytes of dropout masks, which are bool tensors:
+    1 byte in any precision. (Fixed: this function used to scale the masks with the precision
+    too, giving 68 + 10·a·s/h in fp32 instead of 66 + 9·a·s/h.)
+    Keyword switches, defaults = the published formula:
+      dropout=False           no masks (models trained without dropout, e.g. Llama).
+      attention_scores=False  SDPA / FlashAttention kernels keep neither the a·s² softmax nor its
+                              dropout; they keep the attention output (s·b·h) and a log-sum-exp
+                              (a·s·b fp32) instead, so memory grows linearly in s, not quadratically.
+      recompute_peak=False    with checkpointing, only the block inputs the forward pass leaves
+                              behind (the recomputed layer belongs to the backward peak).
+    """
     s, b, h, a = seq_len, batch, shape.hidden, shape.heads
-    scale = BYTES_PER_VALUE[precision] / 2
-    per_layer = s * b * h * (34 + 5 * a * s / h) * scale
+    value = BYTES_PER_VALUE[precision]
+    values_sbh = 16 + (0 if attention_scores else 1)
+    values_as2b = 2 if attention_scores else 0
+    masks = (2 * s * b * h + (a * s * s * b if attention_scores else 0)) if dropout else 0
+    lse = 0 if attention_scores else 4 * a * s * b
+    per_layer = (values_sbh * s * b * h + values_as2b * a * s * s * b) * value + masks + lse
     if checkpointing:
-        return shape.layers * 2 * s * b * h * scale + per_layer
+        return shape.layers * s * b * h * value + (per_layer if recompute_peak else 0)
     return shape.layers * per_layer
 
 

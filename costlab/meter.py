@@ -50,6 +50,23 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, sync
     return Timing(statistics.median(samples), samples, warm)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 3,
+                     rounds: int = 3, sync: bool = True) -> dict[str, Timing]:
+    """`time_fn` for several variants, taken in turns: round 1 times each variant, round 2
+    again, ... On a shared machine the load changes by the second; interleaving makes every
+    variant see the same load, so their ratio survives where back-to-back medians would not.
+    Each variant's warm-up runs once, before the first round; its samples pool all rounds."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    warm = {name: time_fn(fn, warmup=0, repeats=warmup, sync=sync).samples_sec if warmup else ()
+            for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += time_fn(fn, warmup=0, repeats=repeats, sync=sync).samples_sec
+    return {name: Timing(statistics.median(s), tuple(s), warm[name]) for name, s in samples.items()}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call (forward and, if fn calls backward, backward), counted by torch."""
     with FlopCounterMode(display=False) as counter:

@@ -35,6 +35,14 @@ class Profile:
     timed_steps: int  # timing: steps whose median is reported
     seeds: tuple[int, ...]  # seeds for learning-dynamics comparisons (at least 3)
     world_size: int  # processes for the distributed notebooks
+    # Causal-LM depth where an effect grows with depth (04: the blocks' activations must outweigh
+    # the LM head's logits for checkpointing to show; with 2 blocks the head dominates).
+    deep_lm_layers: int | None
+    # Causal-LM depth that torch.compile compiles whole in 05 (compile time grows with the graph).
+    compile_layers: int | None
+    # Rows of the pointwise block 05 compiles: large enough that memory traffic, which fusion
+    # cuts, dominates (a tensor that fits in cache is compute-bound, and fusion may lose there).
+    fusion_rows: int
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -54,16 +62,19 @@ PROFILES: dict[str, Profile] = {
         name="smoke", lm_layers=2, encoder_layers=2, seq_len=64, cls_seq_len=32, batch_size=8,
         train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
+        deep_lm_layers=8, compile_layers=1, fusion_rows=16384,
     ),
     "cpu": Profile(
         name="cpu", lm_layers=6, encoder_layers=None, seq_len=128, cls_seq_len=48, batch_size=16,
         train_steps=150, eval_every=10, n_train=2000, n_eval=256, target_accuracy=0.85,
         warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
+        deep_lm_layers=12, compile_layers=2, fusion_rows=32768,
     ),
     "gpu": Profile(
         name="gpu", lm_layers=None, encoder_layers=None, seq_len=256, cls_seq_len=64, batch_size=32,
         train_steps=400, eval_every=20, n_train=4000, n_eval=500, target_accuracy=0.9,
         warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
+        deep_lm_layers=None, compile_layers=None, fusion_rows=262144,
     ),
 }
 

@@ -171,16 +171,17 @@ def _course_run(state: dict | None) -> str:
         info = state.get(lesson.name)
         if not isinstance(info, dict):
             status = "not run" if lesson.path.exists() else "not written yet"
-            rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td>{status}</td><td>—</td><td></td></tr>')
+            rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td>{status}</td><td></td><td>—</td><td></td></tr>')
             continue
         seconds = float(info.get("seconds") or 0)
         total += seconds
         error = (info.get("error") or "").strip().splitlines()
         cls = "failed" if info.get("status") != "ok" else ""
         rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td><td class="{cls}">{_e(info.get("status"))}'
-                    f'</td><td>{seconds:.1f}</td><td><small>{_e(error[-1] if error else "")}</small></td></tr>')
+                    f'</td><td>{_e(info.get("profile", ""))}</td><td>{seconds:.1f}</td>'
+                    f'<td><small>{_e(error[-1] if error else "")}</small></td></tr>')
     return (f'<section id="course-run"><h2>Course run (this machine)</h2><p>Total: {total:.0f} s of notebook '
-            f"execution.</p><table><thead><tr><th>notebook</th><th>status</th><th>seconds</th><th>error</th></tr>"
+            f"execution.</p><table><thead><tr><th>notebook</th><th>status</th><th>profile</th><th>seconds</th><th>error</th></tr>"
             f'</thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 

@@ -81,10 +81,10 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     saved for backward are excluded since they exist anyway.
     """
     storages: dict[int, int] = {}
-    param_ptrs: set[int] = set()
 
     def pack(t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter) or t.untyped_storage().data_ptr() in param_ptrs:
+        # F.linear saves `weight.t()`: a plain-tensor view whose base is the Parameter.
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
             return t
         s = t.untyped_storage()
         storages[s.data_ptr()] = s.nbytes()

@@ -148,6 +148,7 @@ class BackgroundEvaluator:
         self.events: list[str] = []
         self.ready_sec: float | None = None
         self._dead = False
+        self._stopped = False  # stopped on purpose (finish, stop): its exit is no death
         self._keys: set[str] | None = None
 
     @property
@@ -201,6 +202,7 @@ class BackgroundEvaluator:
         return dict(sorted(self.results.items()))
 
     def stop(self) -> None:
+        self._stopped = True
         if self._proc.is_alive():
             self._proc.terminate()
         self._proc.join(timeout=10)
@@ -210,24 +212,29 @@ class BackgroundEvaluator:
 
     def _drain(self, timeout_s: float = 0.0) -> None:
         """Collect what the evaluator sent; notice if it died."""
+        self._read(timeout_s)
+        if not self._dead and not self._proc.is_alive():
+            self._read(0.2)  # what it sent before it exited is in the pipe by now
+            self._dead = True
+            if not self._stopped and (self.pending or self._proc.exitcode != 0):
+                self.events.append(
+                    f"the evaluator died (exit code {self._proc.exitcode}) after {len(self.results)} "
+                    f"evaluation(s); training goes on, and at the end the trainer evaluates every "
+                    f"snapshot still without a result ({len(self.pending)} so far)")
+
+    def _read(self, timeout_s: float) -> None:
         while True:
             try:
-                kind, step, payload = self._results.get(timeout=timeout_s) if timeout_s else \
-                    self._results.get_nowait()
+                kind, step, payload = (self._results.get(timeout=timeout_s) if timeout_s
+                                       else self._results.get_nowait())
             except queue.Empty:
-                break
+                return
             timeout_s = 0.0
             if kind == "ready":
                 self.ready_sec = time.perf_counter() - self.started_at
             else:
                 self.results[step] = {**payload, "by": "evaluator"}
                 self.pending.pop(step, None)  # its snapshot can go now
-        if not self._dead and not self._proc.is_alive():
-            self._dead = True
-            self.events.append(
-                f"the evaluator died (exit code {self._proc.exitcode}) after {len(self.results)} "
-                f"evaluation(s); training goes on, and the trainer evaluates the "
-                f"{len(self.pending)}+ snapshot(s) left at the end")
 
 
 def _die_with_parent() -> None:

@@ -128,27 +128,30 @@ def launch(target: str, *, nproc: int = 1, timeout_s: float = 600, threads_per_r
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "PYTHONUNBUFFERED": "1", DEVICE_ENV: job_device(nproc)}
         started = time.perf_counter()
+        seen: dict = {}
+        finished = False
         with open(out / "launcher.log", "wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
-            seen, finished = _wait(proc, timeout_s)
-            pids = _stop(proc, seen)
+            try:  # whatever happens here (a timeout, Ctrl-C in the notebook), stop every process
+                finished = _wait(proc, timeout_s, seen)
+            finally:
+                pids, left = _stop(proc, seen)
         elapsed = time.perf_counter() - started
         reports = [_rank_report(out, r, timed_out=not finished, timeout_s=timeout_s) for r in range(nproc)]
         if finished and proc.returncode == 0 and all(r.status == "ok" for r in reports):
             return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
         launcher_tail = _tail(out / "launcher.log", 8)
         raise LaunchFailed(_failure_message(target, nproc, reports, elapsed, finished, timeout_s,
-                                            proc.returncode, launcher_tail),
+                                            proc.returncode, launcher_tail, left),
                            reports, pids, elapsed, not finished)
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[dict, bool]:
-    """Wait for the launcher; note every descendant while it lives (workers outlive torchrun's
-    process group). Returns (psutil processes seen, finished before the timeout)."""
+def _wait(proc: subprocess.Popen, timeout_s: float, seen: dict) -> bool:
+    """Wait for the launcher; note in `seen` every descendant while it lives (workers outlive
+    torchrun's process group). Returns whether it finished before the timeout."""
     import psutil
 
-    seen: dict[int, psutil.Process] = {}
     root = psutil.Process(proc.pid)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -158,14 +161,15 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[dict, bool]:
         except psutil.Error:
             pass
         if proc.poll() is not None:
-            return seen, True
+            return True
         if time.monotonic() > deadline:
-            return seen, False
+            return False
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen, seen: dict, grace_s: float = 3.0) -> list[int]:
-    """SIGTERM every process of the job (ranks dump their stacks), then SIGKILL what is left."""
+def _stop(proc: subprocess.Popen, seen: dict, grace_s: float = 3.0) -> tuple[list[int], list[int]]:
+    """SIGTERM every process of the job (ranks dump their stacks), then SIGKILL what is left.
+    Returns (every pid of the job, those still running afterwards: none, unless unkillable)."""
     import psutil
 
     alive = [p for p in seen.values() if _running(p)]
@@ -188,7 +192,7 @@ def _stop(proc: subprocess.Popen, seen: dict, grace_s: float = 3.0) -> list[int]
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
-    return sorted(set(seen) | {proc.pid})
+    return sorted(set(seen) | {proc.pid}), [p.pid for p in seen.values() if _running(p)]
 
 
 def _running(p) -> bool:
@@ -222,10 +226,12 @@ def _rank_report(out: Path, rank: int, *, timed_out: bool, timeout_s: float) -> 
     return RankReport(rank, "stopped", why, tail or "(no output: it was still starting up)")
 
 
-def _failure_message(target, nproc, reports, elapsed, finished, timeout_s, returncode, launcher_tail) -> str:
+def _failure_message(target, nproc, reports, elapsed, finished, timeout_s, returncode, launcher_tail,
+                     left) -> str:
+    gone = (f"processes {left} could not be stopped" if left else "no process is left running")
     head = (f"{target} on {nproc} rank(s) " +
             (f"ran past its {timeout_s:.0f} s timeout and was stopped" if not finished
-             else f"failed (exit code {returncode})") + f" after {elapsed:.1f} s; no process is left running.")
+             else f"failed (exit code {returncode})") + f" after {elapsed:.1f} s; {gone}.")
     lines = [head]
     errors = sorted((r for r in reports if r.status == "error"), key=lambda r: r.failed_at)
     others = [r for r in reports if r.status != "error"]
@@ -237,7 +243,7 @@ def _failure_message(target, nproc, reports, elapsed, finished, timeout_s, retur
         lines.append(f"  rank {r.rank}{first}: {r.error}")
         if r.status == "stopped" and r.log_tail:
             lines.append("    its last output (where it was):\n" + _indent(r.log_tail, 6))
-    if all(r.status == "ok" for r in reports) and launcher_tail:
+    if not any(r.status == "error" for r in reports) and launcher_tail:
         lines.append("  torchrun said:\n" + _indent(launcher_tail, 4))
     return "\n".join(lines)
 

@@ -86,11 +86,11 @@ def _rank_main(spec_path: str, out_dir: str) -> None:
         result = getattr(importlib.import_module(module), func)(**spec["kwargs"])
         _write_json(out / f"rank{rank}.json", dict(result or {}))
     except BaseException as exc:  # noqa: BLE001  (report everything, SystemExit included)
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
         _write_json(out / f"rank{rank}.error.json", {
             "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(),
-            "where": f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}",
-            "time": time.time()})
+            "where": where, "time": time.time()})
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -83,3 +83,18 @@ def test_world_sizes_are_powers_of_two_and_include_two():
     sizes = distributed.world_sizes(8)
     assert sizes[:2] == [1, 2]
     assert all(b == 2 * a for a, b in zip(sizes, sizes[1:]))
+
+
+def test_an_interrupt_while_waiting_still_stops_every_process(monkeypatch):
+    """Ctrl-C in the notebook while a job runs: the job's processes go too."""
+    wait, noted = distributed._wait, {}
+
+    def interrupted(proc, timeout_s, seen):
+        wait(proc, 15, seen)  # the job is up (and hanging) by then
+        noted.update(seen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "_wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.launch("tests.dist_workers:rank_one_hangs", nproc=2, timeout_s=600)
+    assert noted and _all_gone(noted)

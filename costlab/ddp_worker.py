@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import meter, rank
-from .rank_job import (activation_bytes, build_classifier, compare_params, fingerprint, global_batches,
-                       interleaved_times, loss_of, median, rank_header, shard, sizes, to_device,
-                       train_encoded)
+from .rank_job import (activation_bytes, build_classifier, compare_params, fingerprint,
+                       global_batches, interleaved_times, loss_of, median, rank_header, shard,
+                       sizes, to_device, train_encoded)
 
 
 def accumulate(model, micro_batches: list[dict]) -> None:
@@ -56,54 +56,61 @@ def run(*, model: str | None = None, layers: int | None = None, seq_len: int | N
     b = z["batch_size"]
     net, tokenizer = build_classifier(model=model, layers=z["layers"], seed=seed, device=ctx.device)
     encoded = train_encoded(tokenizer, n_train=z["n_train"], seq_len=z["seq_len"])
-    k = accum if n == 1 else n  # the equal-update check: one batch of k*b, split k ways
     reference = copy.deepcopy(net)  # one process, one big batch: what every variant must equal
     ddp = DDP(net, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=lr)
     out = {**rank_header(ctx), "batch_size": b, "n_params": sum(p.numel() for p in net.parameters()),
            "param_bytes": sum(p.numel() * p.element_size() for p in net.parameters())}
-
-    # 1. The same update, three ways, from the same initial weights and the same k*b examples.
+    # 1. The same update, two ways, from the same initial weights and the same k*b examples.
+    k = accum if n == 1 else n
     first = to_device(next(global_batches(encoded, k * b, seed)), ctx.device)
-    ref_opt = torch.optim.AdamW(reference.parameters(), lr=lr)
-    optimizer_step(reference, ref_opt, [first])
-    if n == 1:
-        optimizer_step(ddp, optimizer, [shard(first, i, k) for i in range(k)])
-        out["equivalence"] = {"accumulation_vs_one_batch": compare_params(net, reference), "k": k}
-    else:
-        optimizer_step(ddp, optimizer, [shard(first, ctx.rank, n)])
-        out["equivalence"] = {"ddp_vs_one_batch": compare_params(net, reference), "k": k}
-    del reference, ref_opt
-
-    # 2. Timed steps, variants taken in turns. Each rank's share of a global batch of n*b.
+    out["equivalence"] = _same_update(ddp, optimizer, reference, first, k, lr, ctx)
+    del reference
+    # 2. Timed steps, kinds taken in turns; each rank takes its share of a global batch of n*b.
     stream = global_batches(encoded, n * b, seed + 1)
     mine = lambda: to_device(shard(next(stream), ctx.rank, n), ctx.device)  # noqa: E731
-    steps = {"step": lambda: optimizer_step(ddp, optimizer, [mine()])}
-    if n == 1:
-        big = global_batches(encoded, accum * b, seed + 2)
-        steps["accumulation"] = lambda: optimizer_step(ddp, optimizer, [mine() for _ in range(accum)])
-        steps["one_batch"] = lambda: optimizer_step(ddp, optimizer, [to_device(next(big), ctx.device)])
-    else:
-        # Forward + backward only (no optimizer step, so the ranks' weights never diverge):
-        # with the all-reduce, and without it. The difference is the communication a step waits for.
-        steps["backward_synced"] = lambda: _backward(ddp, mine(), sync=True)
-        steps["backward_no_sync"] = lambda: _backward(ddp, mine(), sync=False)
-    times = interleaved_times(steps, warmup=z["warmup"], rounds=z["rounds"])
+    big = global_batches(encoded, accum * b, seed + 2)
+    whole = lambda: to_device(next(big), ctx.device)  # noqa: E731
+    times = interleaved_times(_step_kinds(ddp, optimizer, mine, whole, accum, n),
+                              warmup=z["warmup"], rounds=z["rounds"])
     out["step_time_sec"] = {name: median(t) for name, t in times.items()}
     out["step_samples_sec"] = times
     out["fingerprint"] = fingerprint(net)
-
     # 3. Memory an accumulation micro-batch keeps for backward vs one big batch (per rank).
-    micro = mine()
-    out["activation_bytes"] = {"micro_batch": activation_bytes(net, micro)}
+    out["activation_bytes"] = {"micro_batch": activation_bytes(net, mine())}
     if n == 1:
-        whole = to_device(next(global_batches(encoded, accum * b, seed + 3)), ctx.device)
-        out["activation_bytes"]["one_batch"] = activation_bytes(net, whole)
-    if n > 1:  # the all-reduce alone, at the gradients' size: the prediction's input
+        out["activation_bytes"]["one_batch"] = activation_bytes(net, whole())
+    else:  # the all-reduce alone, at the gradients' size: the prediction's input
         grads = torch.zeros(out["n_params"], device=ctx.device)
         out["allreduce_sec"] = meter.time_fn(lambda: dist.all_reduce(grads), warmup=1,
                                              repeats=z["rounds"]).median_sec
     return out
+
+
+def _same_update(ddp, optimizer, reference, batch: dict, k: int, lr: float, ctx) -> dict:
+    """One optimizer step on `batch` by the reference (one process, one batch) and by the job:
+    on 1 rank as k accumulated micro-batches, on N ranks as DDP with a slice each."""
+    optimizer_step(reference, torch.optim.AdamW(reference.parameters(), lr=lr), [batch])
+    if ctx.world_size == 1:
+        optimizer_step(ddp, optimizer, [shard(batch, i, k) for i in range(k)])
+        return {"accumulation_vs_one_batch": compare_params(ddp.module, reference), "k": k}
+    optimizer_step(ddp, optimizer, [shard(batch, ctx.rank, ctx.world_size)])
+    return {"ddp_vs_one_batch": compare_params(ddp.module, reference), "k": k}
+
+
+def _step_kinds(ddp, optimizer, mine, whole, accum: int, n: int) -> dict:
+    """The kinds of step to time. 1 rank: a step, accumulation over `accum` micro-batches, one
+    batch of accum x b. N ranks: a step, and forward + backward with and without the all-reduce
+    (no optimizer step there, so the ranks' weights never diverge): the difference is the
+    communication a step waits for."""
+    steps = {"step": lambda: optimizer_step(ddp, optimizer, [mine()])}
+    if n == 1:
+        steps["accumulation"] = lambda: optimizer_step(ddp, optimizer, [mine() for _ in range(accum)])
+        steps["one_batch"] = lambda: optimizer_step(ddp, optimizer, [whole()])
+    else:
+        steps["backward_synced"] = lambda: _backward(ddp, mine(), sync=True)
+        steps["backward_no_sync"] = lambda: _backward(ddp, mine(), sync=False)
+    return steps
 
 
 def _backward(ddp, batch: dict, *, sync: bool) -> None:

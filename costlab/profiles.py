@@ -41,8 +41,21 @@ class Profile:
     # Causal-LM depth that torch.compile compiles whole in 05 (compile time grows with the graph).
     compile_layers: int | None
     # Rows of the pointwise block 05 compiles: large enough that memory traffic, which fusion
-    # cuts, dominates (a tensor that fits in cache is compute-bound, and fusion may lose there).
+    # cuts, dominates (a tensor that fits in cache is compute-bound, and fusion may lose there;
+    # above ~32 MiB per tensor, eager also pays fresh page faults for every intermediate).
     fusion_rows: int
+    # Optimizer steps of a run that trains a small head on a frozen encoder's stored features
+    # (07's orders x seeds, 09's search trials, 08's teacher head): about a millisecond each.
+    head_steps: int
+    # Blocks of the distilled student in 08 (the teacher has encoder_layers blocks).
+    student_layers: int
+    # The capstone's fine-tuning job (13), run once per step of the stack: few tokens per step,
+    # so the weights and optimizer states the cuts shrink outweigh the LM head's logits (vocab-
+    # sized per token), which no cut shrinks.
+    stack_seq_len: int
+    stack_batch_size: int
+    stack_steps: int  # optimizer steps per variant (the first also compiles, when compiling)
+    stack_eval_examples: int  # validation reviews behind each variant's eval loss
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -62,19 +75,25 @@ PROFILES: dict[str, Profile] = {
         name="smoke", lm_layers=2, encoder_layers=2, seq_len=64, cls_seq_len=32, batch_size=8,
         train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
-        deep_lm_layers=8, compile_layers=1, fusion_rows=16384,
+        deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
+        head_steps=300, student_layers=1,
+        stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=32,
     ),
     "cpu": Profile(
         name="cpu", lm_layers=6, encoder_layers=None, seq_len=128, cls_seq_len=48, batch_size=16,
         train_steps=150, eval_every=10, n_train=2000, n_eval=256, target_accuracy=0.85,
         warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
-        deep_lm_layers=12, compile_layers=2, fusion_rows=32768,
+        deep_lm_layers=12, compile_layers=2, fusion_rows=131072,
+        head_steps=400, student_layers=2,
+        stack_seq_len=64, stack_batch_size=8, stack_steps=20, stack_eval_examples=128,
     ),
     "gpu": Profile(
         name="gpu", lm_layers=None, encoder_layers=None, seq_len=256, cls_seq_len=64, batch_size=32,
         train_steps=400, eval_every=20, n_train=4000, n_eval=500, target_accuracy=0.9,
         warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
         deep_lm_layers=None, compile_layers=None, fusion_rows=262144,
+        head_steps=600, student_layers=3,
+        stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
     ),
 }
 

@@ -41,10 +41,23 @@ PEAK_FLOPS: dict[str, float] = {
     "H200": 989e12, "H100": 989e12, "A100-80GB": 312e12, "A100": 312e12, "L40S": 362e12,
     "L4": 121e12, "A10G": 125e12, "T4": 65e12, "RTX 4090": 165e12,
 }
+# Dense fp32 peak FLOP/s of the same devices without TF32 (torch's default for fp32 matmuls is
+# full precision), for plans that train without bf16 autocast. Vendor spec sheets.
+PEAK_FLOPS_FP32: dict[str, float] = {
+    "H200": 67e12, "H100": 67e12, "A100-80GB": 19.5e12, "A100": 19.5e12, "L40S": 91.6e12,
+    "L4": 30.3e12, "A10G": 31.2e12, "T4": 8.1e12, "RTX 4090": 82.6e12,
+}
+# Accelerator memory (bytes, nominal) that a plan must fit in. T4s (Turing) have no bf16 units:
+# PEAK_FLOPS holds their fp16 peak, and bf16 autocast there runs at fp32 speed at best.
+MEMORY_BYTES: dict[str, float] = {
+    "H200": 141e9, "H100": 80 * 2**30, "A100-80GB": 80 * 2**30, "A100": 40 * 2**30,
+    "L40S": 48 * 2**30, "L4": 24 * 2**30, "A10G": 24 * 2**30, "T4": 16 * 2**30, "RTX 4090": 24 * 2**30,
+}
+NO_BF16: frozenset[str] = frozenset({"T4"})
 # Grid carbon intensity (gCO2/kWh). 475 is the IEA's world average for 2023; set yours.
 GRID_G_PER_KWH_DEFAULT = 475.0
 
-_overrides: dict[str, dict[str, float]] = {"price": {}, "power": {}, "flops": {}}
+_overrides: dict[str, dict[str, float]] = {"price": {}, "power": {}, "flops": {}, "flops_fp32": {}}
 _grid: list[float] = []
 
 
@@ -86,6 +99,15 @@ def detect() -> Device:
     return Device("cpu", name, psutil.virtual_memory().total, bf16, cores or 1, _table_key("cpu", name))
 
 
+def table_device(key: str) -> Device:
+    """A device of the tables (one GPU, e.g. "H100"), for plans made before renting it."""
+    if key not in PRICE_USD_PER_HOUR or key == "cpu-core":
+        raise KeyError(f"no device {key!r} in the tables; choose one of "
+                       f"{[k for k in PRICE_USD_PER_HOUR if k != 'cpu-core']}")
+    memory = MEMORY_BYTES.get(key)
+    return Device("cuda", key, None if memory is None else int(memory), key not in NO_BF16, 1, key)
+
+
 def _lookup(table: dict[str, float], which: str, env: str, device: Device) -> float | None:
     if os.environ.get(env):
         return float(os.environ[env])
@@ -108,6 +130,10 @@ def power_w(device: Device | None = None) -> float | None:
 
 def peak_flops(device: Device | None = None) -> float | None:
     return _lookup(PEAK_FLOPS, "flops", "COSTLAB_PEAK_FLOPS", device or detect())
+
+
+def peak_flops_fp32(device: Device | None = None) -> float | None:
+    return _lookup(PEAK_FLOPS_FP32, "flops_fp32", "COSTLAB_PEAK_FLOPS_FP32", device or detect())
 
 
 def grid_g_per_kwh() -> float:

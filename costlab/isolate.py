@@ -21,14 +21,19 @@ class IsolatedRunFailed(RuntimeError):
     pass
 
 
-def isolate(target: str, *, timeout_s: float = 900, **kwargs) -> dict:
-    """Call `module:function(**kwargs)` in a fresh process; return its result dict."""
+def isolate(target: str, *, timeout_s: float = 900, preload: tuple[str, ...] = (), **kwargs) -> dict:
+    """Call `module:function(**kwargs)` in a fresh process; return its result dict.
+
+    preload: more modules to import before the RSS baseline is taken, like torch and
+    transformers (e.g. ("peft",): peft pulls in bitsandbytes, ~150 MB of libraries that no
+    variant's model or data owns; left out, they count in every LoRA variant's peak).
+    """
     if ":" not in target:
         raise ValueError(f"target must be 'module:function', got {target!r}")
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(spec_path, "w") as f:
-            json.dump({"target": target, "kwargs": kwargs}, f)
+            json.dump({"target": target, "kwargs": kwargs, "preload": list(preload)}, f)
         try:
             proc = subprocess.run([sys.executable, "-m", "costlab.isolate", spec_path, out_path],
                                   capture_output=True, text=True, timeout=timeout_s)
@@ -50,6 +55,8 @@ def _main(spec_path: str, out_path: str) -> None:
 
     with open(spec_path) as f:
         spec = json.load(f)
+    for name in spec.get("preload", ()):
+        importlib.import_module(name)
     module_name, func_name = spec["target"].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     cuda = torch.cuda.is_available()

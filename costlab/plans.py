@@ -1,0 +1,291 @@
+"""Plans: what a fine-tuning job will cost before it runs (the what-if calculator's model).
+
+A `Plan` is sizes plus cuts, named as `workloads.lm_training`'s switches, so the same plan can be
+predicted here and then run and measured. `predict_plan` gives memory by part (fits or not),
+FLOPs, time (FLOPs / sustained FLOP/s, with an explicit utilization), $ (price table), energy
+(power table x time) and CO2 (energy x grid intensity), with every assumption listed.
+Memory and FLOPs build on `costlab.estimate` (bytes per parameter, Korthikanti activations, 6·N·D).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+from . import hardware
+from .estimate import BYTES_PER_VALUE, OPTIMIZER_BYTES_PER_PARAM, ModelShape, activation_bytes
+
+
+# NF4 with double quantization: 4 bits per weight + 0.127 bits of scales (Dettmers et al. 2023).
+NF4_DQ_BYTES_PER_PARAM = (4 + 0.127) / 8
+# Assumed share of the device's dense peak that a fine-tuning step sustains (model FLOPs
+# utilization). 0.3-0.5 is typical of well-fed GPUs; small models and CPUs reach less.
+DEFAULT_UTILIZATION = 0.4
+# Memory a plan cannot use: the CUDA context and allocator slack on a GPU; on a CPU, the Python
+# process with torch and transformers imported. Assumed, overridable.
+DEFAULT_RESERVE_BYTES = 2**30
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A causal-LM fine-tuning job as data: sizes and the cuts, named as `workloads.lm_training`'s
+    switches, so a plan can be predicted here and then run and measured as it is."""
+    shape: ModelShape
+    seq_len: int
+    batch: int
+    train_tokens: float = 0.0  # tokens to train on: turns step time into job time, $ and CO2
+    lora_r: int = 0  # 0 = full fine-tuning; r > 0 = LoRA adapters of rank r on query/value
+    qlora: bool = False  # frozen base's block weights in 4-bit NF4 (needs lora_r)
+    grad_checkpointing: bool = False
+    autocast: str | None = None  # None (fp32) | "bf16"
+    optimizer: str = "adamw"  # adamw | adamw8bit
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.qlora and not self.lora_r:
+            raise ValueError("qlora=True needs lora_r > 0 (QLoRA trains LoRA adapters on a 4-bit base)")
+        if self.optimizer not in OPTIMIZER_BYTES_PER_PARAM:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZER_BYTES_PER_PARAM)}")
+        if self.autocast not in (None, "bf16", "fp16"):
+            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}")
+        if min(self.seq_len, self.batch) < 1 or self.train_tokens < 0:
+            raise ValueError("seq_len and batch must be >= 1 and train_tokens >= 0")
+
+    @property
+    def base_dtype(self) -> str | None:
+        """Storage of LoRA's frozen base: bf16 under bf16 autocast (weights that are never
+        updated need no fp32 master copy), else fp32. Trained weights always keep fp32."""
+        return "bf16" if self.lora_r and self.autocast == "bf16" else None
+
+    def switches(self) -> dict:
+        """The cuts as keyword arguments of `workloads.lm_training`."""
+        return {"lora_r": self.lora_r, "qlora": self.qlora, "grad_checkpointing": self.grad_checkpointing,
+                "autocast": self.autocast, "optimizer": self.optimizer, "compile": self.compile,
+                "base_dtype": self.base_dtype}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch
+
+
+def embedding_params(shape: ModelShape) -> int:
+    """Input embedding (+ a separate LM head when untied): V·h each. A lookup, not a matmul."""
+    return shape.vocab * shape.hidden * (1 if shape.tied_embeddings else 2)
+
+
+def block_params(shape: ModelShape) -> int:
+    """Everything but the embeddings: the transformer blocks' weights (and a few norms)."""
+    return shape.total_params - embedding_params(shape)
+
+
+def lora_params(shape: ModelShape, r: int) -> int:
+    """LoRA on the query (h -> h) and value (h -> kv_dim) projections: r·(in + out) each."""
+    kv_dim = shape.hidden * (shape.kv_heads or shape.heads) // shape.heads
+    return shape.layers * r * (2 * shape.hidden + shape.hidden + kv_dim)
+
+
+def trainable_params(plan: Plan) -> int:
+    return lora_params(plan.shape, plan.lora_r) if plan.lora_r else plan.shape.total_params
+
+
+@dataclass(frozen=True)
+class PlanMemory:
+    """A training step's memory by part (bytes). `head` is the LM head's vocabulary-sized work:
+    logits, their fp32 copy and log-softmax, the gradient of each, and under autocast a 16-bit
+    copy of an fp32 head matrix; with a 50k vocabulary it outweighs a few blocks' activations.
+    `workspace` is the optimizer's temporaries (AdamW's update needs one fp32 tensor's worth per
+    tensor it updates at once: all of them with foreach kernels on CUDA, one at a time on CPU)."""
+    weights_bytes: float
+    grad_bytes: float
+    optimizer_state_bytes: float
+    activation_bytes: float
+    head_bytes: float
+    workspace_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return (self.weights_bytes + self.grad_bytes + self.optimizer_state_bytes + self.activation_bytes
+                + self.head_bytes + self.workspace_bytes)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"weights": self.weights_bytes, "grads": self.grad_bytes, "optimizer": self.optimizer_state_bytes,
+                "activations": self.activation_bytes, "LM head": self.head_bytes,
+                "optimizer workspace": self.workspace_bytes, "total": self.total_bytes}
+
+
+def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> PlanMemory:
+    """Memory of one training step of `plan`, from the shape alone (an upper bound: it adds parts
+    that are live at different moments of the step, as a plan for a budget should)."""
+    shape, trainable = plan.shape, trainable_params(plan)
+    fp32 = BYTES_PER_VALUE["fp32"]
+    emb, blocks = embedding_params(shape), block_params(shape)
+    if not plan.lora_r:
+        weights = shape.total_params * fp32
+    else:  # adapters in fp32; the frozen base in its storage dtype, the blocks in NF4 with QLoRA
+        base = BYTES_PER_VALUE[plan.base_dtype or "fp32"]
+        weights = trainable * fp32 + emb * base + blocks * (NF4_DQ_BYTES_PER_PARAM if plan.qlora else base)
+    precision = "bf16" if plan.autocast else "fp32"
+    # Llama-family blocks: no dropout, fused SDPA attention (no s x s scores kept).
+    acts = activation_bytes(shape, seq_len=plan.seq_len, batch=plan.batch, precision=precision,
+                            checkpointing=plan.grad_checkpointing, dropout=False, attention_scores=False)
+    head = plan.tokens_per_step * shape.vocab * (3 * fp32 + (BYTES_PER_VALUE["bf16"] if plan.autocast else 0))
+    if plan.autocast and not plan.base_dtype:  # an fp32 head matrix is cast to 16-bit at each forward
+        head += shape.vocab * shape.hidden * BYTES_PER_VALUE["bf16"]  # and the copy kept for backward
+    return PlanMemory(weights, trainable * fp32, OPTIMIZER_BYTES_PER_PARAM[plan.optimizer] * trainable,
+                      acts, head, optimizer_workspace_bytes(plan, device_kind))
+
+
+def optimizer_workspace_bytes(plan: Plan, device_kind: str = "cuda") -> float:
+    """Temporaries of one optimizer step. torch's AdamW updates every tensor at once on CUDA
+    (foreach kernels: one fp32 value per trained parameter) and one tensor at a time on CPU (two
+    fp32 temporaries of the largest tensor). bitsandbytes' 8-bit AdamW is fused in place on CUDA;
+    its CPU path dequantizes both states to fp32 and copies the gradient, tensor by tensor (about
+    five fp32 temporaries of the largest tensor): on CPU it can need *more* memory at its peak."""
+    trainable = trainable_params(plan)
+    # The largest trained tensor: the embedding table in full fine-tuning, an adapter under LoRA.
+    largest = plan.shape.vocab * plan.shape.hidden if not plan.lora_r else plan.lora_r * 4 * plan.shape.hidden
+    fp32 = BYTES_PER_VALUE["fp32"]
+    if plan.optimizer == "adamw":
+        return fp32 * trainable if device_kind == "cuda" else 2 * fp32 * largest
+    if plan.optimizer == "adamw8bit":
+        return 0.0 if device_kind == "cuda" else 5 * fp32 * largest
+    return 0.0
+
+
+def flops_per_token(plan: Plan) -> float:
+    """Matmul FLOPs per trained token: forward 2·N; backward 4·N when every weight is trained
+    (input and weight gradients), 2·N when the base is frozen (input gradients only, LoRA);
+    checkpointing adds one more forward of the blocks. N counts the LM head once (the input
+    embedding is a lookup). 6·N·D is the full fine-tuning case (Kaplan et al. 2020)."""
+    n = block_params(plan.shape) + plan.shape.vocab * plan.shape.hidden
+    backward = 2 * n if plan.lora_r else 4 * n
+    recompute = 2 * block_params(plan.shape) if plan.grad_checkpointing else 0
+    return 2 * n + backward + recompute
+
+
+@dataclass(frozen=True)
+class PlanPrediction:
+    """What a plan will cost on a device, with every assumption that went into it."""
+    plan: Plan
+    device: str
+    memory: PlanMemory
+    capacity_bytes: float | None  # the device's memory (None: unknown)
+    reserve_bytes: float  # memory the plan cannot use (context, runtime)
+    flops_per_step: float
+    flops_per_sec: float | None  # sustained, = peak x utilization (or measured)
+    step_sec: float | None
+    total_sec: float | None
+    cost_usd: float | None
+    energy_j: float | None
+    co2_g: float | None
+    assumptions: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool | None:
+        if self.capacity_bytes is None:
+            return None
+        return self.memory.total_bytes + self.reserve_bytes <= self.capacity_bytes
+
+
+def _throughput(plan: Plan, device, utilization: float, measured: float | None) -> tuple[float | None, str]:
+    if measured is not None:
+        return measured, f"throughput {measured / 1e9:.3g} GFLOP/s, measured on this machine (not scaled per cut)"
+    bf16 = plan.autocast is not None and device.bf16_supported
+    peak = hardware.peak_flops(device) if bf16 else hardware.peak_flops_fp32(device)
+    if peak is None:
+        return None, f"no peak FLOP/s known for {device.name}: time, $ and CO2 need a measured throughput"
+    kind = "16-bit tensor-core" if bf16 else "fp32"
+    note = "" if plan.autocast is None or bf16 else f" ({device.name} has no bf16 units: fp32 speed assumed)"
+    return peak * utilization, (f"throughput {utilization:.0%} of the {kind} peak "
+                                f"{peak / 1e12:.3g} TFLOP/s (utilization assumed){note}")
+
+
+def predict_plan(plan: Plan, device=None, *, utilization: float = DEFAULT_UTILIZATION,
+                 flops_per_sec: float | None = None, reserve_bytes: float = DEFAULT_RESERVE_BYTES) -> PlanPrediction:
+    """Memory (fits or not), time, $, energy and CO2 of `plan` on `device` (a hardware.Device:
+    `hardware.table_device("H100")`, or this machine by default). Time = FLOPs / (peak FLOP/s x
+    utilization), or FLOPs / `flops_per_sec` when a measured throughput is given; $ = time x the
+    price table; energy = the power table x time; CO2 = energy x grid intensity."""
+    device = device or hardware.detect()
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
+    memory = predict_plan_memory(plan, device_kind=device.kind)
+    flops = flops_per_token(plan) * plan.tokens_per_step
+    rate, rate_note = _throughput(plan, device, utilization, flops_per_sec)
+    step = None if rate is None else flops / rate
+    total = None if step is None else step * plan.train_tokens / plan.tokens_per_step
+    per_hour, watts, grid = hardware.price_usd_per_hour(device), hardware.power_w(device), hardware.grid_g_per_kwh()
+    cost = None if total is None or per_hour is None else per_hour * total / 3600
+    energy = None if total is None or watts is None else watts * total
+    co2 = None if energy is None else energy / 3.6e6 * grid
+    assumptions = (
+        "memory: weights + grads + optimizer states + activations (Korthikanti et al.; no dropout, "
+        "fused attention) + LM-head logits + optimizer workspace, added as if all live at once",
+        f"reserve {reserve_bytes / 2**30:.2g} GiB the plan cannot use (CUDA context / Python runtime), assumed",
+        "LoRA on the attention query and value projections; the frozen base in bf16 under bf16 "
+        "autocast, else fp32; QLoRA: its blocks in NF4",
+        f"FLOPs per token {flops_per_token(plan) / 1e6:.4g} M (2N forward, 4N or 2N backward, +2N blocks "
+        "recomputed with checkpointing; attention scores ignored)",
+        rate_note,
+        "torch.compile and 8-bit AdamW change neither FLOPs nor throughput here: measure them",
+        f"price {'unknown' if per_hour is None else f'${per_hour:.3g}/h'} (table; hardware.set_price to change)",
+        f"power {'unknown' if watts is None else f'{watts:.0f} W'} at full load for the whole run (table)",
+        f"grid {grid:.0f} gCO2/kWh (hardware.set_grid_intensity to change)",
+    )
+    capacity = device.memory_bytes
+    return PlanPrediction(plan, device.name, memory, capacity, reserve_bytes, flops, rate, step, total,
+                          cost, energy, co2, assumptions)
+
+
+def cheapest(predictions: list[PlanPrediction], budget_bytes: float,
+             memory_of=lambda p: p.memory.total_bytes) -> PlanPrediction | None:
+    """The plan predicted to cost least (then to need fewest cuts, then to use least memory)
+    among those whose memory (`memory_of`, default the prediction's total) is within
+    `budget_bytes`; None when none fits. Quality is not predicted here: pass only plans whose
+    cuts were measured to keep quality within its bound."""
+    fitting = [p for p in predictions if memory_of(p) <= budget_bytes]
+    if not fitting:
+        return None
+    key = lambda p: (p.step_sec if p.step_sec is not None else p.flops_per_step,  # noqa: E731
+                     len(cuts_of(p.plan)), memory_of(p))
+    return min(fitting, key=key)
+
+
+def cuts_of(plan: Plan) -> list[str]:
+    """The names (CUTS) of the cuts a plan has on."""
+    on = {"lora": plan.lora_r > 0 and not plan.qlora, "qlora": plan.qlora,
+          "grad_checkpointing": plan.grad_checkpointing, "bf16": plan.autocast == "bf16",
+          "adamw8bit": plan.optimizer == "adamw8bit", "compile": plan.compile}
+    return [name for name in CUTS if on[name]]
+
+
+CUTS = ("lora", "qlora", "grad_checkpointing", "bf16", "adamw8bit", "compile")
+
+
+def with_cuts(plan: Plan, cuts, *, lora_r: int = 8) -> Plan:
+    """`plan` with the named cuts switched on (names from CUTS)."""
+    unknown = set(cuts) - set(CUTS)
+    if unknown:
+        raise ValueError(f"unknown cuts {sorted(unknown)}; choose from {CUTS}")
+    changes = {"grad_checkpointing": "grad_checkpointing" in cuts, "compile": "compile" in cuts,
+               "autocast": "bf16" if "bf16" in cuts else None,
+               "optimizer": "adamw8bit" if "adamw8bit" in cuts else "adamw",
+               "lora_r": lora_r if {"lora", "qlora"} & set(cuts) else 0, "qlora": "qlora" in cuts}
+    return replace(plan, **changes)
+
+
+def candidates(plan: Plan, allowed, *, lora_r: int = 8) -> list[Plan]:
+    """Every distinct combination of the `allowed` cuts on top of `plan` (qlora implies lora)."""
+    allowed = [c for c in CUTS if c in set(allowed)]
+    plans = (with_cuts(plan, combo, lora_r=lora_r)
+             for k in range(len(allowed) + 1) for combo in itertools.combinations(allowed, k))
+    return list(dict.fromkeys(plans))
+
+
+def llama_shape(*, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int,
+                tied: bool) -> ModelShape:
+    """The shape of a Llama-family model from its config numbers (parameters counted exactly:
+    q, k, v, o projections, a gated MLP of three matrices, two norms per block, the embeddings)."""
+    kv_dim = hidden * kv_heads // heads
+    per_block = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate + 2 * hidden
+    total = layers * per_block + vocab * hidden * (1 if tied else 2) + hidden
+    return ModelShape(total, hidden, layers, heads, vocab, kv_heads, tied)

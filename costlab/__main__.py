@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "course":
         from .runner import run_course
 
-        state = run_course(args.only, args.force, report=not args.no_report)
+        try:
+            state = run_course(args.only, args.force, report=not args.no_report)
+        except KeyboardInterrupt:
+            return 130  # the shell's code for Ctrl-C; what ran is saved and the next run resumes
         return 1 if any(v["status"] != "ok" for v in state.values()) else 0
     if args.command == "report":
         from . import report

@@ -52,6 +52,11 @@ def run_notebook(lesson: course.Lesson, out_dir: Path, timeout_s: int = 3600, on
         client.execute()
         return ""
     except Exception as exc:  # CellExecutionError, a timeout, a dead kernel: all reported alike
+        if getattr(client, "_async_cleanup_kernel_future", None) is not None:
+            # nbclient (0.11) answers Ctrl-C / SIGTERM by shutting the kernel down and setting this
+            # attribute; the cell then fails. That is the learner stopping the course, not the
+            # notebook failing: stop here instead of recording a failure and starting the next one.
+            raise KeyboardInterrupt(f"{lesson.name} interrupted") from exc
         text = ANSI.sub("", str(exc)).strip()
         tail = "\n".join(text.splitlines()[-15:])[-2000:]
         where = _failing_cell(nb)
@@ -91,6 +96,27 @@ def run_course(only: list[str] | None = None, force: bool = False, report: bool 
         print(f"not yet written, skipped: {', '.join(missing)}")
     started_course = time.perf_counter()
     bar = tqdm(lessons, desc=f"course ({profile})", unit="notebook")
+    try:
+        _run_lessons(bar, state, state_path, out_dir, profile, force)
+    except KeyboardInterrupt:
+        bar.close()
+        print("\ninterrupted: the notebook in progress is not recorded; `make course` resumes from it")
+        if report:
+            _write_report(results)
+        raise
+    bar.close()
+    mine = {l.name: state[l.name] for l in lessons if l.name in state}
+    _summary(mine, out_dir, time.perf_counter() - started_course)
+    if report:
+        _write_report(results)
+    return mine
+
+
+def _run_lessons(bar, state: dict, state_path: Path, out_dir: Path, profile: str, force: bool) -> None:
+    """Execute each lesson of the progress bar unless it already passed under the same fingerprint,
+    saving the state after each one so an interrupted course resumes where it stopped."""
+    from tqdm.auto import tqdm
+
     for lesson in bar:
         bar.set_postfix_str(lesson.name)
         key = _fingerprint(lesson, profile)
@@ -108,12 +134,6 @@ def run_course(only: list[str] | None = None, force: bool = False, report: bool 
                               "error": error, "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         state_path.write_text(json.dumps(state, indent=2))
         tqdm.write(f"  {lesson.name}: {status} in {seconds:.0f} s" + (f"\n    {_last_line(error)}" if error else ""))
-    bar.close()
-    mine = {l.name: state[l.name] for l in lessons if l.name in state}
-    _summary(mine, out_dir, time.perf_counter() - started_course)
-    if report:
-        _write_report(results)
-    return mine
 
 
 def _summary(mine: dict[str, dict], out_dir: Path, wall: float) -> None:

@@ -2,6 +2,10 @@
 going, says which failed and why, resumes without rerunning the passed one, and writes the
 executed notebooks, the state with run times and report.html under COSTLAB_RESULTS."""
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
@@ -52,3 +56,28 @@ def test_course_keeps_going_reports_failures_resumes_and_writes_the_report(two_n
     out = capsys.readouterr().out
     assert "00_measuring_cost: already executed" in out and again["00_measuring_cost"]["status"] == "ok"
     assert "01_fine_tune_dont_pretrain: failed" in out  # a failed notebook is never skipped
+
+
+def test_ctrl_c_stops_the_course_instead_of_failing_the_notebook(two_notebooks, results_dir, tmp_path):
+    started = tmp_path / "started"
+    _notebook(two_notebooks / "00_measuring_cost.ipynb",
+              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(300)")
+    script = ("import sys, pathlib\nfrom costlab import course\nfrom costlab.__main__ import main\n"
+              f"course.NOTEBOOK_DIR = pathlib.Path({str(two_notebooks)!r})\nsys.exit(main(['course']))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert started.exists(), "the first notebook never started"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    state = json.loads((results_dir / "course_state.json").read_text()) if (results_dir / "course_state.json").exists() else {}
+    assert "00_measuring_cost" not in state  # not recorded as failed: the next run resumes from it
+    assert "01_fine_tune_dont_pretrain" not in state  # and the course did not go on to the next one

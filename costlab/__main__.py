@@ -37,23 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {report.from_results(args.results)}")
         return 0
     if args.command == "merge":
-        from . import headline, ledger, report
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        missing = [str(p) for p in args.ledgers if not p.is_file()]
-        if missing:  # a typo in a path is worth a line, not a traceback; the rest still merge
-            print(f"not found, skipped: {', '.join(missing)}")
-        merged = ledger.merge(args.ledgers, args.out / "ledger.jsonl")
-        print(f"merged {len(merged.records)} records from {len(args.ledgers)} ledger(s); skipped "
-              f"{merged.skipped_malformed} malformed and {merged.skipped_foreign} foreign line(s)")
-        groups = headline.groups(merged.records)
-        for group in groups:
-            measured = sum(c.status == "measured" for c in group.cuts)
-            print(f"  {group.label}, profile {group.profile}: {len(group.records)} records, "
-                  f"{measured} lesson(s) measured")
-        path = report.write(merged, args.out, title="costlab workshop report")
-        print(f"wrote {path}")
-        return 0
+        return _merge(args.ledgers, args.out)
     if args.command == "readme":
         from . import course
 
@@ -68,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(path.parents[2])}")
         return 0
     return 2
+
+
+def _merge(ledgers: list[Path], out: Path) -> int:
+    """Workshop: several machines' ledgers -> out/ledger.jsonl + out/report.html, by hardware."""
+    from . import headline, ledger, report
+
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [str(p) for p in ledgers if not p.is_file()]
+    if missing:  # a typo in a path is worth a line, not a traceback; the rest still merge
+        print(f"not found, skipped: {', '.join(missing)}")
+    merged = ledger.merge(ledgers, out / "ledger.jsonl")
+    print(f"merged {len(merged.records)} records from {len(ledgers)} ledger(s); skipped "
+          f"{merged.skipped_malformed} malformed and {merged.skipped_foreign} foreign line(s)")
+    for group in headline.groups(merged.records):
+        measured = sum(c.status == "measured" for c in group.cuts)
+        print(f"  {group.label}, profile {group.profile}: {len(group.records)} records, "
+              f"{measured} lesson(s) measured")
+    print(f"wrote {report.write(merged, out, title='costlab workshop report')}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""torch.compile measures (costlab.fusion): correctness before timing, break-even arithmetic."""
+import math
+
+import pytest
+import torch
+
+from costlab import fusion
+
+
+def test_break_even_is_compile_seconds_over_seconds_saved():
+    assert fusion.break_even_steps(10.0, 0.3, 0.1) == pytest.approx(50)
+    assert math.isinf(fusion.break_even_steps(10.0, 0.1, 0.1))  # not faster: never pays off
+    assert math.isinf(fusion.break_even_steps(10.0, 0.1, 0.2))
+
+
+def test_outputs_close_compares_every_tensor():
+    a = (torch.ones(3), torch.zeros(2))
+    assert fusion.outputs_close(a, (torch.ones(3), torch.zeros(2)))[0]
+    close, diff = fusion.outputs_close(a, (torch.ones(3), torch.full((2,), 0.1)))
+    assert not close and diff == pytest.approx(0.1)
+    assert not fusion.outputs_close(a, (torch.ones(3),))[0]
+
+
+def test_compare_checks_the_compiled_output_then_times_both():
+    block = fusion.PointwiseBlock(16).eval()
+    x, r = fusion.pointwise_inputs(32, 16)
+    result = fusion.compare("tiny", block, (x, r), warmup=1, repeats=2, rounds=1)
+    assert result.outputs_match and result.max_abs_diff < 1e-4
+    assert result.eager_sec > 0 and result.compiled_sec > 0 and result.compile_sec > 0
+    assert result.break_even_steps == fusion.break_even_steps(result.compile_sec, result.eager_sec, result.compiled_sec)
+
+
+def test_bytes_moved_counts_full_passes():
+    assert fusion.bytes_moved(10, 4) == fusion.EAGER_PASSES * 10 * 4 * 4
+    assert fusion.bytes_moved(10, 4, 3) == 3 * 160

@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import meter, rank
-from .rank_job import (activation_bytes, build_classifier, compare_params, fingerprint,
-                       global_batches, interleaved_times, loss_of, median, rank_header, shard,
-                       sizes, to_device, train_encoded)
+from .rank_job import (build_classifier, compare_params, fingerprint, global_batches,
+                       interleaved_times, loss_of, median, rank_header, shard, sizes, to_device,
+                       train_encoded)
 
 
 def accumulate(model, micro_batches: list[dict]) -> None:
@@ -77,9 +77,9 @@ def run(*, model: str | None = None, layers: int | None = None, seq_len: int | N
     out["step_samples_sec"] = times
     out["fingerprint"] = fingerprint(net)
     # 3. Memory an accumulation micro-batch keeps for backward vs one big batch (per rank).
-    out["activation_bytes"] = {"micro_batch": activation_bytes(net, mine())}
+    out["activation_bytes"] = {"micro_batch": _saved_bytes(net, mine())}
     if n == 1:
-        out["activation_bytes"]["one_batch"] = activation_bytes(net, whole())
+        out["activation_bytes"]["one_batch"] = _saved_bytes(net, whole())
     else:  # the all-reduce alone, at the gradients' size: the prediction's input
         grads = torch.zeros(out["n_params"], device=ctx.device)
         out["allreduce_sec"] = meter.time_fn(lambda: dist.all_reduce(grads), warmup=1,
@@ -111,6 +111,11 @@ def _step_kinds(ddp, optimizer, mine, whole, accum: int, n: int) -> dict:
         steps["backward_synced"] = lambda: _backward(ddp, mine(), sync=True)
         steps["backward_no_sync"] = lambda: _backward(ddp, mine(), sync=False)
     return steps
+
+
+def _saved_bytes(net, batch: dict) -> int:
+    """Bytes one forward pass on `batch` keeps for backward (weights excluded)."""
+    return meter.saved_tensor_bytes(lambda: loss_of(net, batch))
 
 
 def _backward(ddp, batch: dict, *, sync: bool) -> None:

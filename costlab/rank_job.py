@@ -58,29 +58,6 @@ def loss_of(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch).loss
 
 
-def activation_bytes(model: nn.Module, batch: dict) -> int:
-    """Bytes autograd keeps for backward in one forward pass on `batch`, each storage once,
-    weights excluded (they exist anyway).
-
-    Like `meter.saved_tensor_bytes`, but it excludes every storage the model's parameters own:
-    autograd often saves a weight as a view (`weight.t()` for a Linear), which is no Parameter
-    instance, and meter's version (as of this commit) counts those views as activations.
-    """
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        s = t.untyped_storage()
-        if s.data_ptr() not in weights:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_of(model, batch)
-    del loss
-    return sum(storages.values())
-
-
 def interleaved_times(steps: dict[str, Callable[[], object]], *, warmup: int,
                       rounds: int) -> dict[str, list[float]]:
     """Seconds of each kind of step, taken in turns (A, B, C, A, B, C, ...): on a shared machine

@@ -155,6 +155,11 @@ class BackgroundEvaluator:
     def pid(self) -> int | None:
         return self._proc.pid
 
+    @property
+    def exitcode(self) -> int | None:
+        """None while it runs; 0 after a clean finish; anything else: it died."""
+        return self._proc.exitcode
+
     def wait_ready(self, timeout_s: float = 300) -> float:
         """Block until the evaluator has built its model; returns the seconds spent waiting."""
         t0 = time.perf_counter()

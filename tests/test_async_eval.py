@@ -54,7 +54,7 @@ def test_a_dead_evaluator_loses_no_result_and_is_reported():
     assert results[2]["by"].startswith("trainer") and results[3]["by"].startswith("trainer")
     assert all(math.isclose(results[s]["eval_loss"], expected[s]["eval_loss"], rel_tol=1e-9) for s in results)
     assert any("died (exit code 3)" in e for e in evaluator.events)
-    assert evaluator._proc.exitcode == 3
+    assert evaluator.exitcode == 3
 
 
 def test_without_a_fallback_a_lost_snapshot_is_an_error():

@@ -17,6 +17,13 @@ class Anchor:
 
 
 ANCHORS: tuple[Anchor, ...] = (
+    Anchor(("00",), "Training FLOPs ~ 6·N·D (N non-embedding parameters, D tokens)",
+           "dense transformers, attention's context term left out", "Kaplan et al. 2020, arXiv 2001.08361"),
+    Anchor(("00",), "Mixed-precision AdamW: ~16-18 bytes per parameter before activations",
+           "fp16/bf16 weights and grads, fp32 master weights and Adam states",
+           "Rajbhandari et al. 2020 (ZeRO); Hugging Face 'model memory anatomy'"),
+    Anchor(("00",), "Activations per layer ~ s·b·h·(34 + 5·a·s/h) bytes", "16-bit, GPT-style block with dropout",
+           "Korthikanti et al. 2022, arXiv 2205.05198"),
     Anchor(("01",), "BERT pretraining: 4 days on 4-16 Cloud TPUs; fine-tuning: at most 1 hour on one TPU",
            "BERT-Base/Large", "google-research/bert README"),
     Anchor(("01",), "Llama-2-7B pretraining: 184,320 A100-80GB GPU-hours", "2T tokens",

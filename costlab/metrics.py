@@ -31,6 +31,7 @@ COST_METRICS: dict[str, MetricSpec] = {
     "throughput_samples_per_sec": MetricSpec("samples/s", False, "throughput"),
     "steps_to_target": MetricSpec("steps", True, "steps to target"),
     "flops_to_target": MetricSpec("FLOP", True, "FLOPs to target"),
+    "seconds_to_target": MetricSpec("s", True, "training seconds to target"),
     "energy_j": MetricSpec("J", True, "energy"),
     "cost_usd": MetricSpec("USD", True, "cost"),
     "co2_g": MetricSpec("g", True, "CO2"),

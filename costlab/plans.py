@@ -189,7 +189,8 @@ class PlanPrediction:
 def _throughput(plan: Plan, device, utilization: float, measured: float | None) -> tuple[float | None, str]:
     if measured is not None:
         return measured, f"throughput {measured / 1e9:.3g} GFLOP/s, measured on this machine (not scaled per cut)"
-    bf16 = plan.autocast is not None and device.bf16_supported
+    # 16-bit tensor cores: fp16 on any GPU of the table, bf16 where the device has bf16 units.
+    bf16 = plan.autocast == "fp16" or (plan.autocast == "bf16" and device.bf16_supported)
     peak = hardware.peak_flops(device) if bf16 else hardware.peak_flops_fp32(device)
     if peak is None:
         return None, f"no peak FLOP/s known for {device.name}: time, $ and CO2 need a measured throughput"

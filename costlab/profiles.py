@@ -47,8 +47,10 @@ class Profile:
     # Optimizer steps of a run that trains a small head on a frozen encoder's stored features
     # (07's orders x seeds, 09's search trials, 08's teacher head): about a millisecond each.
     head_steps: int
-    # Blocks of the distilled student in 08 (the teacher has encoder_layers blocks).
+    # Blocks of the distilled student in 08 (the teacher has encoder_layers blocks), and its
+    # optimizer steps (it starts from the teacher's weights but must adapt to fewer blocks).
     student_layers: int
+    student_steps: int
     # The capstone's fine-tuning job (13), run once per step of the stack: few tokens per step,
     # so the weights and optimizer states the cuts shrink outweigh the LM head's logits (vocab-
     # sized per token), which no cut shrinks.
@@ -56,6 +58,13 @@ class Profile:
     stack_batch_size: int
     stack_steps: int  # optimizer steps per variant (the first also compiles, when compiling)
     stack_eval_examples: int  # validation reviews behind each variant's eval loss
+    # 01's race, pretrained vs randomly initialized encoder, one recipe for both. The encoder
+    # truncated to 2 blocks (smoke) learns the reviews' negations and contrasts slowly, and the
+    # scratch arm must be given 5x the pretrained FLOPs: smoke races one seed to a lower bar.
+    transfer_target: float  # validation accuracy to reach
+    transfer_seeds: int  # how many of `seeds` race (one race per seed)
+    transfer_batch_size: int  # reviews per optimizer step
+    transfer_lr: float  # AdamW, both arms (6 blocks stall at 5e-4; 2 blocks crawl at 2e-4)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -66,6 +75,9 @@ class Profile:
             raise ProfileError(f"profile {self.name!r}: at least 3 seeds, got {self.seeds}")
         if not 0 < self.target_accuracy <= 1:
             raise ProfileError(f"profile {self.name!r}: target_accuracy must be in (0, 1]")
+        if not 0 < self.transfer_target <= 1 or not 1 <= self.transfer_seeds <= len(self.seeds):
+            raise ProfileError(f"profile {self.name!r}: transfer_target in (0, 1], "
+                               f"transfer_seeds between 1 and {len(self.seeds)}")
         if self.eval_every < 1 or self.timed_steps < 1:
             raise ProfileError(f"profile {self.name!r}: eval_every and timed_steps must be >= 1")
 
@@ -76,24 +88,27 @@ PROFILES: dict[str, Profile] = {
         train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
-        head_steps=300, student_layers=1,
+        head_steps=300, student_layers=1, student_steps=60,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=32,
+        transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
     ),
     "cpu": Profile(
         name="cpu", lm_layers=6, encoder_layers=None, seq_len=128, cls_seq_len=48, batch_size=16,
         train_steps=150, eval_every=10, n_train=2000, n_eval=256, target_accuracy=0.85,
         warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=12, compile_layers=2, fusion_rows=131072,
-        head_steps=400, student_layers=2,
-        stack_seq_len=64, stack_batch_size=8, stack_steps=20, stack_eval_examples=128,
+        head_steps=400, student_layers=2, student_steps=150,
+        stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128,
+        transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
     ),
     "gpu": Profile(
         name="gpu", lm_layers=None, encoder_layers=None, seq_len=256, cls_seq_len=64, batch_size=32,
         train_steps=400, eval_every=20, n_train=4000, n_eval=500, target_accuracy=0.9,
         warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
         deep_lm_layers=None, compile_layers=None, fusion_rows=262144,
-        head_steps=600, student_layers=3,
+        head_steps=600, student_layers=3, student_steps=400,
         stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
+        transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
     ),
 }
 

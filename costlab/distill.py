@@ -1,0 +1,232 @@
+"""Knowledge distillation: a small student trained on a large teacher's soft targets.
+
+    teacher = distill.EncoderClassifier(encoder)                       # fine-tune it first
+    vocab = distill.domain_vocabulary(tokenizer, texts, seq_len)       # the tokens the domain uses
+    student = distill.make_student(teacher, layers=1, vocab=vocab)     # teacher's layers, fewer
+    targets = distill.soft_targets(teacher, train_set)                 # teacher logits, once
+    train(student, data.batches({**vocab.remap(train_set), "teacher_logits": targets}, 8), cfg,
+          loss_fn=distill.kd_loss_fn(temperature=2.0, alpha=0.5))      # alpha=0: hard labels only
+
+The student follows DistilBERT (Sanh et al. 2019): the teacher's architecture with fewer blocks,
+initialized from every other teacher block. Depth alone does not shrink MiniLM much (its word
+embedding table is half the parameters), so the student also keeps only the embedding rows of
+the tokens the domain's texts use; any other token reads as [UNK], which is what trimming costs
+on text with new words (measure it on the held-out-vocabulary split).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from . import data, meter, models, probe
+from .probe import Head
+
+
+class EncoderClassifier(nn.Module):
+    """Any transformers encoder + an attention-pooling head (costlab.probe.Head), trained end
+    to end. Learns the review task in tens of steps where a [CLS]-pooler head needs hundreds:
+    the pooled [CLS] state of a sentence-embedding model like MiniLM starts out uninformative."""
+
+    def __init__(self, encoder: nn.Module, *, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # BERT's [CLS] pooler: unused here, so not counted or run
+        torch.manual_seed(seed)
+        self.head = Head(encoder.config.hidden_size, hidden)
+
+    def states(self, input_ids, attention_mask) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def calibrate(self, encoded: dict[str, torch.Tensor]) -> "EncoderClassifier":
+        """Standardize the head's inputs with this encoder's states on `encoded` (a sample of
+        the training set): a new or shortened encoder has its own output statistics."""
+        was_training = self.training
+        self.eval()
+        self.head.calibrate(self.states(encoded["input_ids"], encoded["attention_mask"]), encoded["attention_mask"])
+        self.train(was_training)
+        return self
+
+    def forward(self, input_ids, attention_mask, labels=None) -> SequenceClassifierOutput:
+        return self.head(self.states(input_ids, attention_mask), attention_mask, labels)
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    model: EncoderClassifier
+    head_flops: int  # the encoder's one pass over the training set + the head's training
+    tune_flops: int  # end-to-end fine-tuning
+
+
+def fine_tune(encoder: nn.Module, tokenizer, records: list[dict], *, seq_len: int, batch_size: int,
+              head_steps: int, steps: int, head_lr: float = 3e-3, lr: float = 1e-4, seed: int = 0,
+              freeze_embeddings: bool = True) -> FineTuned:
+    """Fine-tune `encoder` + an attention-pooling head on labelled reviews, in two phases
+    ("linear probe, then fine-tune", Kumar et al. 2022):
+
+    1. the head alone, on the encoder's token states computed once (costlab.probe): a
+       randomly initialised head trained end to end at a small learning rate learns slowly,
+       and at a large one it wrecks the pretrained encoder;
+    2. everything, `steps` steps at the small learning rate `lr`, from that head.
+    freeze_embeddings: leave the word-embedding table (half of MiniLM) as pretrained; AdamW's
+    update of 11.7M rows would cost more than the rest of the step on a CPU.
+    """
+    from .train import TrainConfig, train
+
+    feats, encoder_flops = probe.feature_sets(encoder, tokenizer, {"train": records}, seq_len=seq_len)
+    head = probe.build_head(feats["train"], seed=seed)
+    with probe.one_thread():
+        probed = train(head, data.batches(feats["train"], batch_size, seed=seed),
+                       TrainConfig(steps=head_steps, lr=head_lr, seed=seed, progress=False))
+    model = EncoderClassifier(encoder)
+    model.head = head
+    if freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    encoded = data.encode_classification(tokenizer, records, seq_len)
+    tuned = train(model, data.batches(encoded, batch_size, seed=seed + 1),
+                  TrainConfig(steps=steps, lr=lr, seed=seed, progress=False))
+    return FineTuned(model, encoder_flops + probed.total_flops, tuned.total_flops)
+
+
+def spaced_layers(total: int, keep: int) -> list[int]:
+    """Which teacher blocks a `keep`-block student copies: evenly spaced, from the first
+    (DistilBERT takes one block in two: 6 -> [0, 2, 4])."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"a student keeps between 1 and {total} blocks, got {keep}")
+    return [i * total // keep for i in range(keep)]
+
+
+def keep_blocks(model: nn.Module, indices: list[int]) -> None:
+    """Keep only the transformer blocks at `indices` (in place), found from the model."""
+    blocks = models.transformer_blocks(model)
+    kept = [blocks[i] for i in indices]
+    del blocks[:]
+    blocks.extend(kept)
+    for position, block in enumerate(kept):
+        # Decoder families (GPT-2, Llama) number their attention layers for the KV cache: a
+        # kept block must carry its new position, or the cache looks up a layer that is gone.
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = position
+    config = model.config
+    config.num_hidden_layers = len(kept)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in indices]
+
+
+@dataclass(frozen=True)
+class DomainVocabulary:
+    """The encoder's token ids the domain's texts use, mapped to compact rows 0..n-1."""
+    token_ids: torch.Tensor  # original id of each kept row, sorted
+    lookup: torch.Tensor  # original id -> kept row; ids never seen map to the [UNK] row
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def remap(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**encoded, "input_ids": self.lookup[encoded["input_ids"]]}
+
+    def unknown_share(self, encoded: dict[str, torch.Tensor]) -> float:
+        """Share of real (non-padding) tokens the trimmed vocabulary cannot read."""
+        real = encoded["attention_mask"].bool()
+        known = torch.zeros(len(self.lookup), dtype=torch.bool)
+        known[self.token_ids] = True
+        return float((~known[encoded["input_ids"]])[real].float().mean())
+
+
+def domain_vocabulary(tokenizer, texts: list[str], seq_len: int) -> DomainVocabulary:
+    """Every token id the texts use (plus the special tokens), from the tokenizer itself."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len)
+    ids = {i for row in enc["input_ids"] for i in row}
+    specials = {tokenizer.unk_token_id, tokenizer.pad_token_id, *tokenizer.all_special_ids}
+    ids |= {i for i in specials if i is not None}
+    token_ids = torch.tensor(sorted(ids))
+    # [UNK] where the tokenizer has one (BERT); byte-level tokenizers (GPT-2) have no unknown
+    # token, so an unseen id falls back to the padding row.
+    fallback = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+    lookup = torch.full((len(tokenizer),), int((token_ids == fallback).nonzero()[0, 0]), dtype=torch.long)
+    lookup[token_ids] = torch.arange(len(token_ids))
+    return DomainVocabulary(token_ids, lookup)
+
+
+def trim_embeddings(encoder: nn.Module, vocab: DomainVocabulary) -> None:
+    """Replace the input embedding table by its rows for `vocab` (in place)."""
+    rows = encoder.get_input_embeddings().weight[vocab.token_ids].detach().clone()
+    encoder.set_input_embeddings(nn.Embedding.from_pretrained(rows, freeze=False))
+    encoder.config.vocab_size = len(vocab)
+
+
+def make_student(teacher: EncoderClassifier, *, layers: int, vocab: DomainVocabulary | None = None) -> EncoderClassifier:
+    """A copy of the teacher with `layers` evenly spaced blocks and (optionally) a trimmed
+    vocabulary; everything it keeps starts from the teacher's trained weights."""
+    student = copy.deepcopy(teacher)
+    keep_blocks(student.encoder, spaced_layers(len(models.transformer_blocks(teacher.encoder)), layers))
+    if vocab is not None:
+        trim_embeddings(student.encoder, vocab)
+    for param in student.parameters():
+        param.requires_grad_(True)
+    return student
+
+
+@torch.no_grad()
+def soft_targets(teacher: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """The teacher's logits on every example, computed once (offline distillation)."""
+    was_training = teacher.training
+    teacher.eval()
+    out = []
+    for batch in data.eval_batches(encoded, batch_size):
+        batch.pop("labels", None)
+        out.append(teacher(**batch).logits)
+    teacher.train(was_training)
+    return torch.cat(out)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels) (Hinton et al.
+    2015). T > 1 softens both distributions so the student sees how much the teacher prefers
+    each class; T^2 keeps the soft term's gradients on the hard term's scale."""
+    hard = nn.functional.cross_entropy(student_logits, labels)
+    if alpha == 0:
+        return hard
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits / temperature, -1),
+                                nn.functional.log_softmax(teacher_logits / temperature, -1),
+                                reduction="batchmean", log_target=True)
+    return alpha * temperature ** 2 * soft + (1 - alpha) * hard
+
+
+def kd_loss_fn(*, temperature: float = 2.0, alpha: float = 0.5) -> Callable[[nn.Module, dict], torch.Tensor]:
+    """A loss_fn for costlab.train.train on batches carrying "teacher_logits"; alpha=0 trains
+    on the hard labels alone (the baseline), with everything else identical."""
+    if temperature <= 0 or not 0 <= alpha <= 1:
+        raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+
+    def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
+        return kd_loss(model(**inputs).logits, batch["teacher_logits"], batch["labels"],
+                       temperature=temperature, alpha=alpha)
+    return loss_fn
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters and buffers: what the model weighs in memory and on disk."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+@torch.no_grad()
+def latencies(calls: dict[str, tuple[nn.Module, dict]], *, warmup: int = 2, repeats: int = 5,
+              rounds: int = 3) -> dict[str, meter.Timing]:
+    """Inference time of one forward pass of each model on its batch (eval mode, no autograd),
+    the models timed in turns so that a shared machine's load hits them alike."""
+    fns = {}
+    for name, (model, batch) in calls.items():
+        model.eval()
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
+        fns[name] = lambda m=model, x=inputs: m(**x)
+    return meter.time_interleaved(fns, warmup=warmup, repeats=repeats, rounds=rounds)

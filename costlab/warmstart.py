@@ -1,0 +1,181 @@
+"""Warm start: a small classifier of its own whose word embedding starts from a pretrained
+encoder's table instead of from random numbers.
+
+    setup = warmstart.prepare(profile)                       # data + the encoder's rows, once
+    run = warmstart.run(setup, "frozen", seed=0, steps=...)  # one variant, one seed
+
+Embedding variants (one switch each; everything else identical, from the same seed):
+  random    nn.Embedding's own initialisation, N(0, 1), trained
+  frozen    rows copied from the encoder, not trained
+  trained   rows copied from the encoder, trained
+
+The table keeps only the rows that the data ever looks up. That is an exact shortcut, not an
+approximation: a row never looked up gets no gradient, so AdamW (weight decay 0) never moves it
+and it never affects an output. It keeps each step cheap on a CPU; the full table's parameter
+count is reported beside it (`Setup.full_table_params`).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from . import data, evaluation, models, profiles
+from .train import TrainConfig, train
+
+EMBEDDINGS = ("random", "frozen", "trained")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The encoder's token ids our texts use, mapped to compact row numbers 0..n-1."""
+    token_ids: torch.Tensor  # encoder token id of each compact row, sorted
+    full_size: int  # rows of the encoder's own table
+
+    @classmethod
+    def from_texts(cls, tokenizer, texts: list[str], seq_len: int) -> "Vocabulary":
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len)
+        ids = {i for row in enc["input_ids"] for i in row}
+        return cls(torch.tensor(sorted(ids)), len(tokenizer))
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def remap(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Encoder token ids -> compact rows (every id must be in the vocabulary)."""
+        lookup = torch.full((max(self.full_size, int(self.token_ids.max()) + 1),), -1, dtype=torch.long)
+        lookup[self.token_ids] = torch.arange(len(self))
+        rows = lookup[encoded["input_ids"]]
+        if (rows < 0).any():
+            raise ValueError("a text uses tokens outside the vocabulary; build it from every split you use")
+        return {**encoded, "input_ids": rows}
+
+
+def pretrained_rows(encoder: nn.Module, vocab: Vocabulary, standardize: bool = True) -> torch.Tensor:
+    """The encoder's input word-embedding rows for our vocabulary (a copy, detached).
+
+    standardize: centre and scale each dimension by its mean and spread over the encoder's whole
+    table. Pretrained tables share a common offset and have a few dimensions far larger than the
+    rest (Mu & Viswanath 2018, "all-but-the-top"); standardizing keeps the directions that tell
+    words apart and puts them at unit scale, the scale of nn.Embedding's own N(0, 1) init, so
+    the random and the copied table start equally large and differ only in what they know.
+    """
+    table = encoder.get_input_embeddings().weight.detach()
+    rows = table[vocab.token_ids].clone()
+    return (rows - table.mean(0)) / table.std(0) if standardize else rows
+
+
+class SmallClassifier(nn.Module):
+    """Word embedding -> LayerNorm -> a 1-D convolution over `width` neighbouring tokens -> GELU
+    -> max over real tokens -> linear head: Kim (2014)'s text CNN, the classic home of
+    warm-started word vectors. Takes and returns what transformers models do, so
+    costlab.train and costlab.evaluation drive it unchanged."""
+
+    def __init__(self, rows: torch.Tensor, *, channels: int, width: int = 3):
+        super().__init__()
+        dim = rows.shape[1]
+        self.embed = nn.Embedding.from_pretrained(rows.clone(), freeze=False)
+        self.norm = nn.LayerNorm(dim)  # as BERT normalises its embeddings before the blocks
+        self.conv = nn.Conv1d(dim, channels, width, padding="same")
+        self.head = nn.Linear(channels, 2)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        tokens = self.norm(self.embed(input_ids)).transpose(1, 2)  # (batch, dim, tokens)
+        h = nn.functional.gelu(self.conv(tokens))
+        h = h.masked_fill(attention_mask.unsqueeze(1) == 0, float("-inf")).amax(-1)
+        logits = self.head(h)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def build(embedding: str, rows: torch.Tensor, *, channels: int, width: int = 3,
+          seed: int = 0) -> SmallClassifier:
+    """The classifier with its embedding started as `embedding` (one of EMBEDDINGS).
+
+    Everything except the embedding is initialised from `seed` identically in every variant,
+    so two variants with one seed differ by the embedding switch alone.
+    """
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    torch.manual_seed(seed)
+    model = SmallClassifier(rows, channels=channels, width=width)
+    if embedding == "random":
+        # nn.Embedding's own init, N(0, 1), from a generator of its own: the layers above
+        # still start exactly as in the copied variants.
+        g = torch.Generator().manual_seed(10_000 + seed)
+        with torch.no_grad():
+            model.embed.weight.normal_(0.0, 1.0, generator=g)
+    model.embed.weight.requires_grad_(embedding != "frozen")
+    return model
+
+
+@dataclass
+class Setup:
+    """What every variant shares: the encoder's rows for our vocabulary and the encoded splits."""
+    encoder_name: str
+    vocab: Vocabulary
+    rows: torch.Tensor  # pretrained rows, standardized
+    full_table_params: int  # rows x dim of the encoder's whole table
+    train_set: dict[str, torch.Tensor]
+    val_batches: list[dict]
+    heldout_batches: list[dict]  # test_heldout: opinion words never seen in training
+    seen_in_training: set[int] = field(default_factory=set)  # compact rows the train split uses
+
+
+def prepare(profile: profiles.Profile, encoder: str | None = None) -> Setup:
+    """Tokenize train / val / test_heldout with the encoder's tokenizer; copy its rows."""
+    name = encoder or models.default_encoder()
+    # One block is enough: only the input embedding table is used, and fewer blocks load faster.
+    model, tokenizer = models.load(name, task="encoder", layers=1)
+    splits = {"train": data.load_split("train", profile.n_train),
+              "val": data.load_split("val", profile.n_eval),
+              "test_heldout": data.load_split("test_heldout", profile.n_eval)}
+    texts = [r["text"] for records in splits.values() for r in records]
+    vocab = Vocabulary.from_texts(tokenizer, texts, profile.cls_seq_len)
+    enc = {s: vocab.remap(data.encode_classification(tokenizer, records, profile.cls_seq_len))
+           for s, records in splits.items()}
+    eval_batch = 4 * profile.batch_size  # evaluation has no backward pass: bigger batches are fine
+    return Setup(name, vocab, pretrained_rows(model, vocab),
+                 model.get_input_embeddings().weight.numel(), enc["train"],
+                 data.eval_batches(enc["val"], eval_batch), data.eval_batches(enc["test_heldout"], eval_batch),
+                 set(enc["train"]["input_ids"].unique().tolist()))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One variant, one seed: its learning curve and where it reached the target."""
+    embedding: str
+    seed: int
+    curve: tuple[tuple[int, float], ...]  # (step, validation accuracy) at each evaluation
+    steps_to_target: int | None  # first evaluated step at or above the target; None: not reached
+    flops_to_target: int | None
+    flops_per_step: int
+    trainable_params: int
+    val_accuracy: float  # at the end of the budget
+    heldout_accuracy: float  # test_heldout, at the end of the budget
+    train_seconds: float
+
+
+def run(setup: Setup, embedding: str, *, seed: int, steps: int, lr: float, batch_size: int,
+        eval_every: int, target: float, channels: int = 128, width: int = 3) -> Run:
+    """Train one variant for the whole budget (no early stop, so every variant's held-out
+    accuracy is measured after the same number of steps); the target is read off the curve."""
+    model = build(embedding, setup.rows, channels=channels, width=width, seed=seed)
+    cfg = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed, progress=False)
+    result = train(model, data.batches(setup.train_set, batch_size, seed=seed), cfg,
+                   evaluate=lambda m: evaluation.accuracy(m, setup.val_batches))
+    curve = tuple((pt.step, pt.metric) for pt in result.points if pt.metric is not None)
+    hit = next((pt for pt in result.points if pt.metric is not None and pt.metric >= target), None)
+    return Run(embedding, seed, curve, hit.step if hit else None, hit.flops if hit else None,
+               result.flops_per_step, models.count_params(model, trainable_only=True),
+               curve[-1][1], evaluation.accuracy(model, setup.heldout_batches), result.train_seconds)
+
+
+def median_steps(runs: list[Run], budget: int) -> tuple[float, bool]:
+    """Median steps to target over seeds, and whether any run never reached it. Such a run
+    counts as the whole budget, so the median is then a lower bound of the true one."""
+    values = [r.steps_to_target if r.steps_to_target is not None else budget for r in runs]
+    return statistics.median(values), any(r.steps_to_target is None for r in runs)

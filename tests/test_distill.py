@@ -1,0 +1,73 @@
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
+
+from costlab import data, distill, models
+
+
+def _tiny_teacher(layers=4):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    return distill.EncoderClassifier(BertModel(config), hidden=8)
+
+
+def _tokenizer():
+    return AutoTokenizer.from_pretrained(models.resolve("minilm"))
+
+
+def test_spaced_layers_follow_distilbert():
+    assert distill.spaced_layers(6, 3) == [0, 2, 4]
+    assert distill.spaced_layers(2, 1) == [0]
+    assert distill.spaced_layers(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        distill.spaced_layers(2, 3)
+
+
+def test_student_keeps_teacher_blocks_and_the_domain_vocabulary():
+    teacher = _tiny_teacher()
+    tokenizer = _tokenizer()
+    texts = [r["text"] for r in data.load_split("train", 50)]
+    vocab = distill.domain_vocabulary(tokenizer, texts, 24)
+    student = distill.make_student(teacher, layers=2, vocab=vocab)
+    blocks = models.transformer_blocks(student.encoder)
+    assert len(blocks) == 2 and student.encoder.config.num_hidden_layers == 2
+    # block 1 of the student is block 2 of the teacher, weights and all
+    torch.testing.assert_close(next(blocks[1].parameters()),
+                               next(models.transformer_blocks(teacher.encoder)[2].parameters()))
+    rows = student.encoder.get_input_embeddings().weight
+    torch.testing.assert_close(rows, teacher.encoder.get_input_embeddings().weight[vocab.token_ids])
+    assert models.count_params(student) < 0.2 * models.count_params(teacher)
+    # the teacher is untouched
+    assert len(models.transformer_blocks(teacher.encoder)) == 4
+    enc = data.encode_classification(tokenizer, data.load_split("train", 50)[:4], 24)
+    logits = student(**{k: v for k, v in vocab.remap(enc).items() if k != "labels"}).logits
+    assert logits.shape == (4, 2) and torch.isfinite(logits).all()
+
+
+def test_unknown_tokens_read_as_unk_and_are_counted():
+    tokenizer = _tokenizer()
+    vocab = distill.domain_vocabulary(tokenizer, ["the battery is good"], 8)
+    enc = tokenizer(["the battery is superb"], padding="max_length", max_length=8, return_tensors="pt")
+    remapped = vocab.remap(dict(enc))["input_ids"][0]
+    unk_row = int(vocab.lookup[tokenizer.unk_token_id])
+    assert unk_row in remapped.tolist()
+    assert 0 < vocab.unknown_share(dict(enc)) < 1
+
+
+def test_kd_loss_reduces_to_cross_entropy_and_vanishes_when_the_student_copies():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 2, (8,))
+    ce = torch.nn.functional.cross_entropy(s, y)
+    torch.testing.assert_close(distill.kd_loss(s, t, y, temperature=2.0, alpha=0.0), ce)
+    assert distill.kd_loss(t, t, y, temperature=3.0, alpha=1.0).abs() < 1e-6
+    with pytest.raises(ValueError):
+        distill.kd_loss_fn(temperature=0.0)
+
+
+def test_keep_blocks_finds_the_blocks_of_another_architecture():
+    model = GPT2Model(GPT2Config(n_layer=4, n_embd=16, n_head=2, vocab_size=100, n_positions=32))
+    distill.keep_blocks(model, [0, 3])
+    assert len(model.h) == 2 and model.config.num_hidden_layers == 2
+    out = model(input_ids=torch.randint(0, 100, (2, 5))).last_hidden_state
+    assert out.shape == (2, 5, 16)

@@ -1,0 +1,81 @@
+"""The capstone's logic (costlab.stacking) without training anything: plans to lm_training's
+arguments, the waterfall's steps, where QLoRA is predicted to help, the calibration line, and the
+team's question answered from given measurements."""
+import pytest
+
+from costlab import calculator, hardware, plans, stacking
+
+SHALLOW = plans.llama_shape(hidden=576, layers=2, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True)
+DEEP = calculator.PRESETS["SmolLM2-135M"]
+
+
+def _job(**kw):
+    return stacking.Job(model="smollm2", layers=2, seq_len=16, batch_size=4, steps=4, eval_examples=8, **kw)
+
+
+def test_a_plan_becomes_lm_training_arguments():
+    job = _job()
+    full = job.kwargs(job.plan(SHALLOW))
+    assert full["lr"] == job.lr_full and full["lora_r"] == 0 and full["compile"] is False
+    stack = job.kwargs(job.plan(SHALLOW, ["lora", "bf16", "compile"]), eval_before=True)
+    assert stack["lr"] == job.lr_lora and stack["lora_r"] == job.lora_r
+    assert stack["compile"] == "blocks" and stack["autocast"] == "bf16" and stack["base_dtype"] == "bf16"
+    assert stack["eval_before"] is True and stack["measure_checkpoint"] is False
+    # bf16 without LoRA is autocast only: trained weights keep their fp32 masters
+    assert job.kwargs(job.plan(SHALLOW, ["bf16"]))["base_dtype"] is None
+
+
+def test_the_waterfall_adds_one_cut_per_step():
+    job = _job()
+    steps = stacking.waterfall(job, SHALLOW, qlora=False)
+    assert [label for label, _ in steps] == [stacking.BASELINE] + [l for l, c in stacking.STEPS if c != "qlora"]
+    for (_, before), (_, after) in zip(steps, steps[1:]):
+        assert len(plans.cuts_of(after)) == len(plans.cuts_of(before)) + 1
+    assert plans.cuts_of(stacking.waterfall(job, SHALLOW, qlora=True)[-1][1])[0] == "qlora"
+
+
+def test_qlora_is_predicted_to_help_only_where_blocks_outweigh_the_embedding():
+    job = _job()
+    assert not stacking.qlora_helps(job, SHALLOW)[0]
+    deep_job = stacking.Job(model="smollm2", layers=None, seq_len=16, batch_size=4, steps=4, eval_examples=8)
+    helps, reason = stacking.qlora_helps(deep_job, DEEP)
+    assert helps and "%" in reason
+
+
+def test_calibration_recovers_a_line():
+    cal = stacking.calibrate([100.0, 200.0, 400.0], [250.0, 370.0, 610.0])
+    assert cal.slope == pytest.approx(1.2) and cal.intercept == pytest.approx(130.0)
+    assert cal(300.0) == pytest.approx(490.0)
+
+
+def test_quality_effects_are_step_to_step_changes():
+    assert stacking.quality_effects(["a", "b", "c"], [5.0, 6.5, 6.0]) == {"b": 1.5, "c": -0.5}
+
+
+def test_the_cpu_8bit_optimizer_workspace_is_charged():
+    job = _job()
+    cpu_8bit = plans.optimizer_workspace_bytes(job.plan(SHALLOW, ["adamw8bit"]), "cpu")
+    cuda_8bit = plans.optimizer_workspace_bytes(job.plan(SHALLOW, ["adamw8bit"]), "cuda")
+    cpu_adamw = plans.optimizer_workspace_bytes(job.plan(SHALLOW), "cpu")
+    assert cuda_8bit == 0 and cpu_8bit > cpu_adamw > 0
+
+
+def test_the_team_question_respects_budget_and_quality():
+    job = _job()
+    cpu = hardware.Device("cpu", "test cpu", 8 * 2**30, False, 2, "cpu-core")
+    cal = stacking.Calibration(1.0, 0.0)
+    base_mem = plans.predict_plan_memory(job.plan(SHALLOW), device_kind="cpu").total_bytes
+    kwargs = dict(allowed=["lora", "grad_checkpointing", "adamw8bit"], baseline_loss=6.0, calibration=cal,
+                  device=cpu, flops_per_sec=1e10)
+    # LoRA costs 4 nats here: a bound that excludes it leaves only full fine-tuning plans
+    pick, table = stacking.cheapest_within(job, SHALLOW, effects={"lora": 4.0}, max_loss=7.0,
+                                           budget_bytes=base_mem * 1.01, **kwargs)
+    assert pick is not None and pick.plan.lora_r == 0
+    assert table["pick"].sum() == 1 and table.loc[table["pick"], "within quality bound"].item()
+    pick, _ = stacking.cheapest_within(job, SHALLOW, effects={"lora": 4.0}, max_loss=7.0,
+                                       budget_bytes=0.4 * base_mem, **kwargs)
+    assert pick is None  # only LoRA plans fit 40%, and the bound excludes them
+    pick, _ = stacking.cheapest_within(job, SHALLOW, effects={"lora": 4.0}, max_loss=11.0,
+                                       budget_bytes=0.4 * base_mem, **kwargs)
+    assert pick is not None and pick.plan.lora_r and cal(pick.memory.total_bytes) <= 0.4 * base_mem
+    assert not pick.plan.grad_checkpointing  # it costs FLOPs and is not needed to fit

@@ -64,6 +64,7 @@ class Profile:
     transfer_target: float  # validation accuracy to reach
     transfer_seeds: int  # how many of `seeds` race (one race per seed)
     transfer_batch_size: int  # reviews per optimizer step
+    transfer_max_steps: int  # the pretrained arm's step cap (scratch gets 5x what it spends)
     transfer_lr: float  # AdamW, both arms (6 blocks stall at 5e-4; 2 blocks crawl at 2e-4)
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=300, student_layers=1, student_steps=60,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=32,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
+        transfer_max_steps=40,
     ),
     "cpu": Profile(
         name="cpu", lm_layers=6, encoder_layers=None, seq_len=128, cls_seq_len=48, batch_size=16,
@@ -100,6 +102,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=400, student_layers=2, student_steps=150,
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
+        transfer_max_steps=150,
     ),
     "gpu": Profile(
         name="gpu", lm_layers=None, encoder_layers=None, seq_len=256, cls_seq_len=64, batch_size=32,
@@ -109,6 +112,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=600, student_layers=3, student_steps=400,
         stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
         transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
+        transfer_max_steps=400,
     ),
 }
 

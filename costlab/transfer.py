@@ -82,7 +82,7 @@ class Race:
     @classmethod
     def from_profile(cls, p: profiles.Profile, **overrides) -> "Race":
         race = cls(target=p.transfer_target, seeds=p.seeds[:p.transfer_seeds],
-                   batch_size=p.transfer_batch_size, max_steps=p.train_steps, eval_every=p.eval_every,
+                   batch_size=p.transfer_batch_size, max_steps=p.transfer_max_steps, eval_every=p.eval_every,
                    layers=p.encoder_layers, seq_len=p.cls_seq_len, n_train=p.n_train, n_eval=p.n_eval,
                    lr=p.transfer_lr)
         return dataclasses.replace(race, **overrides)

@@ -41,6 +41,7 @@ def test_race_sizes_come_from_every_profile():
         race = transfer.Race.from_profile(p)
         assert race.target == p.transfer_target and len(race.seeds) == p.transfer_seeds
         assert race.batch_size == p.transfer_batch_size and race.lr == p.transfer_lr
+        assert race.max_steps == p.transfer_max_steps
     with pytest.raises(ValueError):
         transfer.Race.from_profile(profiles.get("smoke"), budget_multiple=0.5)
 

@@ -4,7 +4,9 @@ Records are grouped by hardware (device kind, name, count) and profile, because 
 on a 2-core CPU at the smoke profile says nothing about an H100 at the gpu profile. Within a
 group, each lesson's headline comes from its latest run (records sharing `extra.run_id`): the
 variant with the best ratio on the lesson's headline metric against its own baseline, with the
-quality change of that same pair beside it. Other runs of the same lesson on the same hardware
+quality change of that same pair beside it. A notebook can steer the choice through a record's
+`extra["headline"]`: True marks the variants the lesson is about (only they compete), False
+excludes one (a failure drill, say, whose shorter run is no saving). Other runs of the same lesson on the same hardware
 (a workshop's learners) only widen the range shown next to it; they are never mixed into a pair.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Pair:
     after: float
     estimated: bool  # the metric is an estimate on either side
     quality: tuple[QualityDelta, ...]
+    preferred: bool | None = None  # the variant record's extra["headline"], if it set one
 
     @property
     def ratio(self) -> float:
@@ -50,6 +53,16 @@ class Pair:
     @property
     def primary_quality(self) -> QualityDelta | None:
         return self.quality[0] if self.quality else None
+
+    @property
+    def quality_worse(self) -> list[QualityDelta]:
+        """Quality measures that got worse by more than QUALITY_NOISE of the baseline's value."""
+        return [q for q in self.quality if q.change < 0 and (q.relative is None or q.relative < -QUALITY_NOISE)]
+
+
+# Relative quality changes below 1% of the baseline's value are not flagged as losses: a few-step
+# smoke run moves eval loss by that much from run to run. The numbers are shown either way.
+QUALITY_NOISE = 0.01
 
 
 @dataclass
@@ -145,13 +158,17 @@ def pairs(run: list[dict], metric: str) -> list[Pair]:
         if not (_number(before) and _number(after)):
             continue
         estimated = metric in (rec.get("estimated") or []) or metric in (base.get("estimated") or [])
+        extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
+        marked = extra.get("headline") if isinstance(extra.get("headline"), bool) else None
         out.append(Pair(variant, rec["baseline"], metric, float(before), float(after), estimated,
-                        _quality(base, rec)))
+                        _quality(base, rec), marked))
     return out
 
 
 def _best(found: list[Pair]) -> Pair | None:
-    return max(found, key=lambda p: p.ratio) if found else None
+    """The best ratio among the variants marked for the headline, else among those not excluded."""
+    pool = [p for p in found if p.preferred] or [p for p in found if p.preferred is not False]
+    return max(pool, key=lambda p: p.ratio) if pool else None
 
 
 def _fallback_metric(run: list[dict]) -> str | None:

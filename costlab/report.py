@@ -23,7 +23,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;paddin
 table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}
 th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}
 th{background:#f2f2f2} small{color:#555} .ratio{font-size:1.15em;font-weight:600}
-tr.not-run td{color:#888} .costs-more{color:#b33} .saving{color:#173} .failed{color:#b33;font-weight:600}
+tr.not-run td{color:#888} .costs-more{color:#b33} .saving{color:#173} .saving-with-loss{color:#a60} .failed{color:#b33;font-weight:600}
 .published{color:#444;font-style:italic} .plots{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;border:1px solid #ddd;padding:6px} figure.not-run{color:#888;min-width:200px}
 figcaption{font-size:12px;color:#555} section.hardware{border-top:3px solid #2a7;margin-top:2em}
@@ -81,13 +81,16 @@ def _saving_cell(cut: CutResult) -> str:
     p = cut.headline
     if p is None:
         return _measured_only(cut) + (f"<br><small>{_e(cut.note)}</small>" if cut.note else "")
-    kind = "saving" if p.ratio > 1 else "costs-more"
+    kind = "costs-more" if p.ratio <= 1 else "saving-with-loss" if p.quality_worse else "saving"
     parts = [f'<span class="ratio {kind}">{headline.format_ratio(p.ratio)}</span> '
              f"{_e(metrics.spec(p.metric).label)}" + (" <small>(estimated)</small>" if p.estimated else ""),
              f"<small>{_e(p.variant)} vs {_e(p.baseline)}: {_e(_value(p.metric, p.before))} → "
              f"{_e(_value(p.metric, p.after))}</small>"]
     if p.ratio <= 1:
         parts.append('<small class="costs-more">no saving here</small>')
+    elif p.quality_worse:
+        names = ", ".join(metrics.spec(q.metric).label for q in p.quality_worse)
+        parts.append(f'<small class="saving-with-loss">bought with worse {_e(names)} (beside): not a clean saving</small>')
     if cut.ratio_range:
         lo, hi = cut.ratio_range
         parts.append(f"<small>{cut.run_count} runs: {headline.format_ratio(lo)} – {headline.format_ratio(hi)}</small>")

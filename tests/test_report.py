@@ -162,3 +162,15 @@ def test_a_published_figure_on_another_measure_gets_our_ratio_on_that_measure():
     figure, source = report._published(headline.cut_result(lesson, recs))
     assert "10,000x" in figure and "ours on this measure (cut vs baseline): 1,000x" in figure
     assert source.startswith("Hu et al. 2021")
+
+
+def test_a_saving_bought_with_quality_is_flagged_and_notebooks_can_steer_the_headline():
+    lesson = course.lesson("12")
+    recs = lesson_records(lesson, scale=1.0)  # `cut` (4x) loses accuracy 0.80 -> 0.776: 3% worse
+    cut = headline.cut_result(lesson, recs)
+    assert cut.headline.variant == "cut" and "not a clean saving" in report._saving_cell(cut)
+    recs[2]["extra"]["headline"] = False  # e.g. a failure drill: its shorter run is no saving
+    cut = headline.cut_result(lesson, recs)
+    assert cut.headline.variant == "half" and "not a clean saving" not in report._saving_cell(cut)
+    recs[2]["extra"]["headline"] = True  # marked: only marked variants compete
+    assert headline.cut_result(lesson, recs).headline.variant == "cut"

@@ -66,6 +66,20 @@ class Profile:
     transfer_batch_size: int  # reviews per optimizer step
     transfer_max_steps: int  # the pretrained arm's step cap (scratch gets 5x what it spends)
     transfer_lr: float  # AdamW, both arms (6 blocks stall at 5e-4; 2 blocks crawl at 2e-4)
+    # 02 (LoRA): every variant (full / LoRA / QLoRA, each in a fresh process) trains lora_steps
+    # steps on batches of lora_batch_size reviews padded to lora_seq_len tokens (every review
+    # fits in 48 smollm2 tokens: longer only adds padding). Learning rates: full fine-tuning moves
+    # every weight; LoRA's few adapter weights take ~10x larger steps (Hu et al. 2021 use 2e-4 to
+    # 2e-3 where full fine-tuning used ~1e-4), and on the truncated smoke model even more.
+    lora_seq_len: int
+    lora_batch_size: int
+    lora_steps: int
+    lora_eval_examples: int  # validation reviews behind each variant's eval loss
+    full_lr: float
+    lora_lr: float
+    # 03 (warm start): optimizer steps of each embedding variant x seed (the random-embedding
+    # baseline needs the most; every variant runs the whole budget).
+    warm_steps: int
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -92,6 +106,8 @@ PROFILES: dict[str, Profile] = {
         head_steps=300, student_layers=1, student_steps=60,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=32,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
+        lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
+        full_lr=1e-3, lora_lr=1e-2, warm_steps=120,
         transfer_max_steps=40,
     ),
     "cpu": Profile(
@@ -102,6 +118,8 @@ PROFILES: dict[str, Profile] = {
         head_steps=400, student_layers=2, student_steps=150,
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
+        lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
+        full_lr=3e-4, lora_lr=3e-3, warm_steps=100,
         transfer_max_steps=150,
     ),
     "gpu": Profile(
@@ -112,6 +130,8 @@ PROFILES: dict[str, Profile] = {
         head_steps=600, student_layers=3, student_steps=400,
         stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
         transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
+        lora_seq_len=64, lora_batch_size=32, lora_steps=100, lora_eval_examples=256,
+        full_lr=1e-4, lora_lr=1e-3, warm_steps=200,
         transfer_max_steps=400,
     ),
 }

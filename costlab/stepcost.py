@@ -176,8 +176,9 @@ def flops_terms(counted: int, split: ParamSplit, st: StepSetup):
 def context_sweep(model: str | None = None, *, layers: int | None, seq_lens: list[int],
                   attention: str = "eager"):
     """Counted FLOPs beside 6·N·D (N = blocks + LM head) at several context lengths, one sequence
-    each, and the context where the rule misses by 15%; computed without computing anything: the model is built on the meta device (shapes only, no
-    memory, no arithmetic), so a full-depth model at a long context costs about a second."""
+    each, and the context where the rule misses by 15%. Nothing is computed: the model is built
+    on the meta device (shapes, no numbers), so a full-depth model at a long context takes a
+    second to count."""
     import pandas as pd
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -208,8 +209,6 @@ def context_where_rule_misses(model: nn.Module, split: ParamSplit, tolerance: fl
     12·L·s·d_attn = tolerance·6·N, solved for s (N = blocks + LM head)."""
     per_s = attention_flops(model, seq_len=1, tokens=1)  # 12·L·d_attn
     return int(tolerance * 6 * split.matmul / per_s)
-
-
 
 
 # --- memory --------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ def run_arm(race: Race, *, pretrained: bool, seed: int, steps: int | None = None
     """Fine-tune until the validation accuracy reaches the target or `steps` (default
     `race.max_steps`) run out; then measure the final model on val, test and test_heldout."""
     model, tokenizer = build(pretrained=pretrained, layers=race.layers, seed=seed)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # train() follows the model's device
     train_set = _encoded(tokenizer, "train", race.n_train, race.seq_len)
     splits = {name: data.eval_batches(_encoded(tokenizer, name, race.n_eval, race.seq_len), EVAL_BATCH)
               for name in ("val", "test", "test_heldout")}

@@ -5,7 +5,7 @@
     student = distill.make_student(teacher, layers=1, vocab=vocab)     # teacher's layers, fewer
     targets = distill.soft_targets(teacher, train_set)                 # teacher logits, once
     train(student, data.batches({**vocab.remap(train_set), "teacher_logits": targets}, 8), cfg,
-          loss_fn=distill.kd_loss_fn(temperature=2.0, alpha=0.5))      # alpha=0: hard labels only
+          loss_fn=distill.kd_loss_fn(temperature=4.0, alpha=0.5))      # alpha=0: hard labels only
 
 The student follows DistilBERT (Sanh et al. 2019): the teacher's architecture with fewer blocks,
 initialized from every other teacher block. Depth alone does not shrink MiniLM much (its word
@@ -174,6 +174,30 @@ def make_student(teacher: EncoderClassifier, *, layers: int, vocab: DomainVocabu
     return student
 
 
+def train_student(teacher: EncoderClassifier, train_set: dict[str, torch.Tensor], targets: torch.Tensor, *,
+                  layers: int, steps: int, lr: float, batch_size: int, temperature: float, alpha: float,
+                  seed: int, vocab: DomainVocabulary | None = None, freeze_embeddings: bool = False,
+                  calibration: int = 64):
+    """Build a student (see make_student) and train it on the teacher's soft targets mixed with
+    the labels (alpha=0: labels only). Returns (student, costlab.train.TrainResult).
+
+    calibration: training examples whose states set the head's standardization; the student's
+    last block is one of the teacher's earlier ones, with its own output statistics.
+    freeze_embeddings: keep the word-embedding table as the teacher's (for an untrimmed one).
+    """
+    from .train import TrainConfig, train
+
+    student = make_student(teacher, layers=layers, vocab=vocab)
+    if freeze_embeddings:
+        student.encoder.get_input_embeddings().weight.requires_grad_(False)
+    encoded = vocab.remap(train_set) if vocab is not None else train_set
+    student.calibrate({k: v[:calibration] for k, v in encoded.items()})
+    batches = data.batches({**encoded, "teacher_logits": targets}, batch_size, seed=seed)
+    result = train(student, batches, TrainConfig(steps=steps, lr=lr, seed=seed, progress=False),
+                   loss_fn=kd_loss_fn(temperature=temperature, alpha=alpha))
+    return student, result
+
+
 @torch.no_grad()
 def soft_targets(teacher: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits on every example, computed once (offline distillation)."""
@@ -201,7 +225,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * temperature ** 2 * soft + (1 - alpha) * hard
 
 
-def kd_loss_fn(*, temperature: float = 2.0, alpha: float = 0.5) -> Callable[[nn.Module, dict], torch.Tensor]:
+def kd_loss_fn(*, temperature: float = 4.0, alpha: float = 0.5) -> Callable[[nn.Module, dict], torch.Tensor]:
     """A loss_fn for costlab.train.train on batches carrying "teacher_logits"; alpha=0 trains
     on the hard labels alone (the baseline), with everything else identical."""
     if temperature <= 0 or not 0 <= alpha <= 1:

@@ -62,6 +62,23 @@ class CurveBook:
         return self.curves[key]
 
 
+def head_curve(train_set: dict, val_batches: list[dict], params: dict, *, steps: int, batch_size: int,
+               eval_every: int, seed: int = 0) -> Curve:
+    """Train costlab.probe's head with `params` (lr, hidden, dropout) and return its validation
+    accuracy curve: the cheap objective of lesson 09. Deterministic for a given seed."""
+    from . import data, evaluation, probe
+    from .train import TrainConfig, train
+
+    head = probe.build_head(train_set, hidden=params["hidden"], dropout=params["dropout"], seed=seed)
+    cfg = TrainConfig(steps=steps, lr=params["lr"], eval_every=eval_every, seed=seed, progress=False)
+    with probe.one_thread():
+        result = train(head, data.batches(train_set, batch_size, seed=seed), cfg,
+                       evaluate=lambda m: evaluation.accuracy(m, val_batches))
+        eval_flops = probe.eval_flops(head, val_batches)
+    points = [pt for pt in result.points if pt.metric is not None]
+    return Curve(tuple(pt.step for pt in points), tuple(pt.metric for pt in points), result.flops_per_step, eval_flops)
+
+
 def grid(space: dict[str, list]) -> list[dict]:
     """Every configuration of the space, in the order a nested loop would visit them."""
     names = list(space)

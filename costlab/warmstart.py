@@ -16,6 +16,7 @@ count is reported beside it (`Setup.full_table_params`).
 """
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import data, evaluation, models, profiles
+from . import data, evaluation, models, probe, profiles, reviews
 from .train import TrainConfig, train
 
 EMBEDDINGS = ("random", "frozen", "trained")
@@ -122,7 +123,8 @@ class Setup:
     train_set: dict[str, torch.Tensor]
     val_batches: list[dict]
     heldout_batches: list[dict]  # test_heldout: opinion words never seen in training
-    seen_in_training: set[int] = field(default_factory=set)  # compact rows the train split uses
+    heldout_records: list[dict]
+    tokenizer: object = field(repr=False)
 
 
 def prepare(profile: profiles.Profile, encoder: str | None = None) -> Setup:
@@ -138,10 +140,9 @@ def prepare(profile: profiles.Profile, encoder: str | None = None) -> Setup:
     enc = {s: vocab.remap(data.encode_classification(tokenizer, records, profile.cls_seq_len))
            for s, records in splits.items()}
     eval_batch = 4 * profile.batch_size  # evaluation has no backward pass: bigger batches are fine
-    return Setup(name, vocab, pretrained_rows(model, vocab),
-                 model.get_input_embeddings().weight.numel(), enc["train"],
-                 data.eval_batches(enc["val"], eval_batch), data.eval_batches(enc["test_heldout"], eval_batch),
-                 set(enc["train"]["input_ids"].unique().tolist()))
+    return Setup(name, vocab, pretrained_rows(model, vocab), model.get_input_embeddings().weight.numel(),
+                 enc["train"], data.eval_batches(enc["val"], eval_batch),
+                 data.eval_batches(enc["test_heldout"], eval_batch), splits["test_heldout"], tokenizer)
 
 
 @dataclass(frozen=True)
@@ -157,21 +158,26 @@ class Run:
     val_accuracy: float  # at the end of the budget
     heldout_accuracy: float  # test_heldout, at the end of the budget
     train_seconds: float
+    state_bytes: dict  # measured at the last step: weights, grads, optimizer (AdamW moments)
+    model: SmallClassifier = field(repr=False, compare=False)  # as trained, for the analyses
 
 
 def run(setup: Setup, embedding: str, *, seed: int, steps: int, lr: float, batch_size: int,
         eval_every: int, target: float, channels: int = 128, width: int = 3) -> Run:
     """Train one variant for the whole budget (no early stop, so every variant's held-out
-    accuracy is measured after the same number of steps); the target is read off the curve."""
+    accuracy is measured after the same number of steps); the target is read off the curve.
+    One intra-op thread: the tensors are small (see `probe.one_thread`)."""
     model = build(embedding, setup.rows, channels=channels, width=width, seed=seed)
     cfg = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed, progress=False)
-    result = train(model, data.batches(setup.train_set, batch_size, seed=seed), cfg,
-                   evaluate=lambda m: evaluation.accuracy(m, setup.val_batches))
+    with probe.one_thread():
+        result = train(model, data.batches(setup.train_set, batch_size, seed=seed), cfg,
+                       evaluate=lambda m: evaluation.accuracy(m, setup.val_batches))
     curve = tuple((pt.step, pt.metric) for pt in result.points if pt.metric is not None)
     hit = next((pt for pt in result.points if pt.metric is not None and pt.metric >= target), None)
     return Run(embedding, seed, curve, hit.step if hit else None, hit.flops if hit else None,
                result.flops_per_step, models.count_params(model, trainable_only=True),
-               curve[-1][1], evaluation.accuracy(model, setup.heldout_batches), result.train_seconds)
+               curve[-1][1], evaluation.accuracy(model, setup.heldout_batches), result.train_seconds,
+               dict(result.state_bytes), model)
 
 
 def median_steps(runs: list[Run], budget: int) -> tuple[float, bool]:
@@ -179,3 +185,32 @@ def median_steps(runs: list[Run], budget: int) -> tuple[float, bool]:
     counts as the whole budget, so the median is then a lower bound of the true one."""
     values = [r.steps_to_target if r.steps_to_target is not None else budget for r in runs]
     return statistics.median(values), any(r.steps_to_target is None for r in runs)
+
+
+def split_heldout_words(setup: Setup) -> list[str]:
+    """Held-out opinion words that the encoder's tokenizer cuts into pieces ("abysmal" ->
+    "ab", "##ys", "##mal"): their copied rows are those of fragments, not of the word."""
+    return [w for w in reviews.POSITIVE_HELDOUT + reviews.NEGATIVE_HELDOUT
+            if len(setup.tokenizer.tokenize(" " + w)) > 1]
+
+
+def heldout_has_split_word(setup: Setup) -> torch.Tensor:
+    """Per held-out review: does it contain a held-out opinion word that the tokenizer splits?"""
+    split = set(split_heldout_words(setup))
+    return torch.tensor([bool(split & set(re.findall(r"[a-z]+", r["text"].lower())))
+                         for r in setup.heldout_records])
+
+
+@torch.no_grad()
+def correct(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """Per example: is the argmax prediction the label?"""
+    model.eval()
+    out = [model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]
+           for b in batches]
+    return torch.cat(out)
+
+
+def row_drift(run: Run, setup: Setup) -> float:
+    """How far training moved the copied rows, relative to their size (0 for a frozen table)."""
+    moved = run.model.embed.weight.detach() - setup.rows
+    return float(moved.norm() / setup.rows.norm())

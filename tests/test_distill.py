@@ -71,3 +71,20 @@ def test_keep_blocks_finds_the_blocks_of_another_architecture():
     assert len(model.h) == 2 and model.config.num_hidden_layers == 2
     out = model(input_ids=torch.randint(0, 100, (2, 5))).last_hidden_state
     assert out.shape == (2, 5, 16)
+
+
+def test_train_student_trains_on_soft_targets_from_the_teacher():
+    teacher = _tiny_teacher(layers=2)
+    tokenizer = _tokenizer()
+    records = data.load_split("train", 16)
+    train_set = data.encode_classification(tokenizer, records, 16)
+    vocab = distill.domain_vocabulary(tokenizer, [r["text"] for r in records], 16)
+    targets = distill.soft_targets(teacher, train_set)
+    assert targets.shape == (16, 2)
+    student, result = distill.train_student(teacher, train_set, targets, layers=1, steps=3, lr=1e-3, batch_size=4,
+                                            temperature=4.0, alpha=0.5, seed=0, vocab=vocab, calibration=8)
+    assert len(result.points) == 3 and result.total_flops > 0
+    assert models.count_params(student) < models.count_params(teacher)
+    timings = distill.latencies({"teacher": (teacher, train_set), "student": (student, vocab.remap(train_set))},
+                                warmup=0, repeats=1, rounds=1)
+    assert set(timings) == {"teacher", "student"} and all(t.median_sec > 0 for t in timings.values())

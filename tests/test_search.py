@@ -76,3 +76,19 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(results_
     # the interrupted trial's partial compute is counted
     assert search.spent(study.trials).flops[-1] > sum(t.user_attrs["flops"] for t in search.finished(study))
     assert not math.isnan(search.spent(study.trials).best[-1])
+
+
+def test_head_curve_is_deterministic_and_charges_its_evaluations():
+    import torch
+
+    from costlab import data
+
+    torch.manual_seed(0)
+    split = {"hidden": torch.randn(32, 5, 8), "attention_mask": torch.ones(32, 5, dtype=torch.long),
+             "labels": torch.randint(0, 2, (32,))}
+    val = data.eval_batches(split, 16)
+    params = {"lr": 1e-2, "hidden": 4, "dropout": 0.0}
+    a = search.head_curve(split, val, params, steps=6, batch_size=4, eval_every=3)
+    b = search.head_curve(split, val, params, steps=6, batch_size=4, eval_every=3)
+    assert a == b and a.steps == (3, 6) and a.eval_flops > 0 and a.flops_per_step > 0
+    assert a.cost(6, 2) == 6 * a.flops_per_step + 2 * a.eval_flops

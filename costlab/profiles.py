@@ -104,7 +104,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
         head_steps=300, student_layers=1, student_steps=60,
-        stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=32,
+        stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
         lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
         full_lr=1e-3, lora_lr=1e-2, warm_steps=120,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import hardware, isolate, models, plans
+from . import hardware, isolate, models, plans, workloads
 from .estimate import ModelShape
 
 # (label, cut) in the order they are stacked; QLoRA last, and only where it is predicted to help.
@@ -93,7 +93,10 @@ def waterfall(job: Job, shape: ModelShape, *, qlora: bool) -> list[tuple[str, pl
 
 def run(job: Job, plan: plans.Plan, *, eval_before: bool = False) -> dict:
     """One plan, trained and measured in a fresh process (its memory peak is its own). peft and
-    bitsandbytes are imported before the RSS baseline, like torch: no variant owns them."""
+    bitsandbytes are imported before the RSS baseline, like torch: no variant owns them; a bf16
+    base is converted (once, cached) before the run, not inside it."""
+    if plan.base_dtype == "bf16":
+        workloads.bf16_checkpoint(job.model)
     return isolate.isolate("costlab.workloads:lm_training", preload=("peft",),
                            **job.kwargs(plan, eval_before=eval_before))
 

@@ -70,6 +70,41 @@ def checkpoint_bytes(model) -> int:
         return sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
 
 
+def bf16_checkpoint(name_or_path: str):
+    """The checkpoint with its weights stored in bf16, converted once into the user cache (as
+    checkpoints on the hub usually ship). A bf16 base read from an fp32 file maps all the fp32
+    pages while it converts them, so the process's peak would hold both copies; read from a bf16
+    file it is mapped as it will be kept. Hub ids and checkpoints already in bf16 pass through.
+    Call it before a measured run: converting inside one would put the conversion in its peak."""
+    import hashlib
+    import json
+    import os
+
+    from filelock import FileLock
+
+    source = models.resolve(name_or_path)
+    if not isinstance(source, Path):
+        return name_or_path
+    config = json.loads((source / "config.json").read_text())
+    if (config.get("dtype") or config.get("torch_dtype")) == "bfloat16":
+        return source
+    tag = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:8]  # two folders, two copies
+    target = models.cache_dir() / f"{source.name}-{tag}-bf16"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=600):
+        if not (target / "config.json").exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            with models._quiet_transformers():
+                AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp)
+                AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+            os.replace(tmp, target)
+    return target
+
+
 def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = False,
              base_dtype: str | None = None, device: torch.device | None = None):
     """The model of one variant: full fine-tuning, LoRA, or LoRA on a 4-bit NF4 base (QLoRA).
@@ -85,6 +120,8 @@ def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = Fa
     if qlora and not lora_r:
         raise ValueError("qlora=True needs lora_r > 0 (QLoRA trains LoRA adapters on a 4-bit base)")
     device = device or torch.device("cpu")
+    if base_dtype == "bf16":
+        name = str(bf16_checkpoint(name))
     lm, tokenizer = models.load(name, task="causal-lm", layers=layers,
                                 dtype=torch.bfloat16 if base_dtype == "bf16" else torch.float32,
                                 quantization_config=nf4_config() if qlora else None)

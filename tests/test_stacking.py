@@ -79,3 +79,25 @@ def test_the_team_question_respects_budget_and_quality():
                                        budget_bytes=0.4 * base_mem, **kwargs)
     assert pick is not None and pick.plan.lora_r and cal(pick.memory.total_bytes) <= 0.4 * base_mem
     assert not pick.plan.grad_checkpointing  # it costs FLOPs and is not needed to fit
+
+
+def test_a_bf16_copy_of_a_checkpoint_is_made_once(tmp_path, monkeypatch):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from costlab import models, workloads
+
+    monkeypatch.setenv("COSTLAB_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "tiny"
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=256)).save_pretrained(source)
+    AutoTokenizer.from_pretrained(models.resolve("smollm2")).save_pretrained(source)
+    copy = workloads.bf16_checkpoint(str(source))
+    assert copy != source and copy.parent == tmp_path / "cache"
+    with safe_open(str(copy / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    assert workloads.bf16_checkpoint(str(source)) == copy  # cached: not converted again
+    assert (copy / "model.safetensors").stat().st_mtime_ns == stamp
+    assert workloads.bf16_checkpoint(str(copy)) == copy  # already bf16: passes through

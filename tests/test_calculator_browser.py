@@ -1,7 +1,10 @@
 """The what-if calculator in a real browser: JupyterLab started headless on loopback (a random free
 port, a token, a temporary root folder holding a one-cell notebook that calls the calculator),
-opened in Debian's headless Chromium driven by Playwright; the cell is run from the keyboard,
-the panel renders, a toggle is clicked and the predicted memory must change."""
+opened in Debian's headless Chromium driven by Playwright; once the notebook's kernel is ready the
+cell is run through JupyterLab's own command (not a key press, which depends on focus), the panel
+renders, a toggle is clicked and the predicted memory must change. When the panel does not
+appear, the failure shows what the page did show (the cell's output, the kernel's status) and the
+server log, so a CI failure can be read without rerunning it."""
 import json
 import os
 import re
@@ -52,6 +55,7 @@ def _start_lab(root, port: int, token: str, tmp_path) -> subprocess.Popen:
            f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
            "--LabApp.extension_manager=readonly",
+           "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run the cell by command
            "--ServerApp.allow_root=True"]  # CI containers run as root
     # Its own session, so that the server and its kernel can be stopped together.
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"),
@@ -89,6 +93,29 @@ def _stop_lab(proc, port: int, token: str) -> None:
             proc.wait(timeout=10)
 
 
+# Wait for the notebook's kernel session, then run every cell through JupyterLab's command registry.
+RUN_WHEN_READY = """async () => {
+  const app = window.jupyterapp;
+  const panel = app.shell.currentWidget;
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  await app.commands.execute('notebook:run-all-cells');
+  return panel.sessionContext.session && panel.sessionContext.session.kernel
+         ? panel.sessionContext.session.kernel.name : 'no kernel';
+}"""
+
+
+def _what_the_page_shows(page, log) -> str:
+    try:
+        outputs = page.locator(".jp-OutputArea").all_inner_texts()
+        status = page.evaluate("() => { const s = window.jupyterapp.shell.currentWidget.sessionContext;"
+                               " return s.kernelDisplayStatus; }")
+    except Exception as err:  # the page itself may be the problem
+        outputs, status = [f"(could not read the page: {err})"], "unknown"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else "(no log)"
+    return f"kernel status: {status}\ncell output: {outputs!r}\nserver log tail:\n{tail}"
+
+
 def _memory_text(page) -> str:
     return page.locator(MEMORY).first.inner_text()
 
@@ -113,11 +140,17 @@ def test_a_toggle_changes_the_predicted_memory_in_jupyterlab(tmp_path):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/calculator.ipynb?token={token}",
                           timeout=120_000)
-                editor = page.locator(".jp-NotebookPanel .jp-CodeCell .cm-content").first
-                editor.wait_for(state="visible", timeout=120_000)
-                editor.click()
-                page.keyboard.press("Shift+Enter")
-                page.locator(MEMORY).first.wait_for(state="visible", timeout=180_000)
+                page.locator(".jp-NotebookPanel .jp-CodeCell").first.wait_for(state="visible", timeout=120_000)
+                page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                       " && window.jupyterapp.shell.currentWidget.sessionContext",
+                                       timeout=120_000)
+                kernel = page.evaluate(RUN_WHEN_READY)
+                try:
+                    page.locator(MEMORY).first.wait_for(state="visible", timeout=180_000)
+                except sync_api.TimeoutError:
+                    page.screenshot(path=str(tmp_path / "calculator-timeout.png"))
+                    pytest.fail(f"the calculator panel did not render within 180 s (kernel {kernel!r})\n"
+                                + _what_the_page_shows(page, tmp_path / "lab.log"))
                 before = _memory_text(page)
                 assert re.search(r"\d", before), f"no predicted memory shown: {before!r}"
                 page.locator(TOGGLE).first.click()

@@ -185,12 +185,12 @@ def truncate(model: nn.Module, layers: int) -> nn.Module:
 
 def lora_targets(model: nn.Module) -> list[str]:
     """Attention query/value projection names, derived from the model (q_proj/v_proj on Llama,
-    query/value on BERT, c_attn on GPT-2), for `LoraConfig(target_modules=...)`."""
+    query/value on BERT, q_lin/v_lin on DistilBERT, c_attn on GPT-2), for `LoraConfig(target_modules=...)`."""
     from transformers.pytorch_utils import Conv1D
 
     block = transformer_blocks(model)[0]
     names = [n.rsplit(".", 1)[-1] for n, m in block.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
-    for wanted in (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("qkv_proj",), ("Wqkv",)):
+    for wanted in (("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("c_attn",), ("qkv_proj",), ("Wqkv",)):
         if all(w in names for w in wanted):
             return list(wanted)
     raise ValueError(f"no attention projections recognised in {type(model).__name__}: {sorted(set(names))}")

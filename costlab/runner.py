@@ -78,6 +78,11 @@ def _load_state(path: Path) -> dict:
         return {}
 
 
+def split_names(only: list[str] | None) -> list[str]:
+    """"02 04", "02,04" and ["02", "04"] all name the same lessons (so `make course ONLY=02,04` works)."""
+    return [name for item in only or [] for name in item.replace(",", " ").split()]
+
+
 def run_course(only: list[str] | None = None, force: bool = False, report: bool = True) -> dict[str, dict]:
     """Run the lessons (all present ones, or `only`); return {name: state} for the lessons of
     this invocation, skipped ones included."""
@@ -90,6 +95,7 @@ def run_course(only: list[str] | None = None, force: bool = False, report: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = results / "course_state.json"
     state = _load_state(state_path)
+    only = split_names(only)
     lessons = [course.lesson(n) for n in only] if only else course.available()
     missing = [l.name for l in course.LESSONS if not l.path.exists()]
     if missing and not only:

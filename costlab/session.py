@@ -29,12 +29,15 @@ class Session:
                              estimated=estimated, profile=self.profile.name,
                              extra={**(extra or {}), "run_id": self.run_id})
 
-    def record_isolated(self, variant: str, result: dict, *, baseline: str | None = None) -> dict:
-        """Record what `costlab.isolate` returned (its peak memory joins the metrics)."""
+    def record_isolated(self, variant: str, result: dict, *, baseline: str | None = None,
+                        extra: dict | None = None) -> dict:
+        """Record what `costlab.isolate` returned (its peak memory joins the metrics); `extra` adds
+        to the run's own (e.g. {"headline": True} to make this the variant the report shows)."""
         return self.record(variant, metrics={**result["metrics"], "peak_mem_bytes": result["peak_mem_bytes"]},
                            quality=result.get("quality"), baseline=baseline,
                            estimated=result.get("estimated", ()),
-                           extra={**result.get("extra", {}), "peak_mem_kind": result.get("peak_mem_kind")})
+                           extra={**result.get("extra", {}), "peak_mem_kind": result.get("peak_mem_kind"),
+                                  **(extra or {})})
 
     def records(self) -> list[dict]:
         """This run's records, newest per variant, in the order they were first recorded."""

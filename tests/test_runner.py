@@ -81,3 +81,11 @@ def test_ctrl_c_stops_the_course_instead_of_failing_the_notebook(two_notebooks, 
     state = json.loads((results_dir / "course_state.json").read_text()) if (results_dir / "course_state.json").exists() else {}
     assert "00_measuring_cost" not in state  # not recorded as failed: the next run resumes from it
     assert "01_fine_tune_dont_pretrain" not in state  # and the course did not go on to the next one
+
+
+def test_only_accepts_spaces_commas_and_lists():
+    from costlab.runner import split_names
+
+    assert split_names(["02,04_gradient_checkpointing"]) == split_names(["02 04_gradient_checkpointing"]) \
+        == split_names(["02", "04_gradient_checkpointing"]) == ["02", "04_gradient_checkpointing"]
+    assert split_names(None) == [] and split_names([" , "]) == []

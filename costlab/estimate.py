@@ -16,6 +16,28 @@ BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "nf4": 0.5}
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw8bit": 2, "sgd_momentum": 4, "sgd": 0}
 # torch's AdamW also keeps one fp32 `step` scalar per parameter tensor.
 ADAMW_STEP_BYTES_PER_TENSOR = 4
+# bitsandbytes keeps the states of tensors with fewer values than this in 32-bit (its
+# `min_8bit_size`): a small LoRA adapter gets no 8-bit saving at all. 8-bit states are quantized
+# in blocks of 256 values, each with an fp32 scale per state; the two 256-entry fp32
+# quantization maps are shared by every tensor of the optimizer.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_BLOCK = 256
+BNB_QMAPS_BYTES = 2 * 256 * 4
+
+
+def optimizer_bytes_for(sizes, optimizer: str) -> float:
+    """Optimizer-state bytes for trained tensors of these sizes (value counts); for 8-bit AdamW,
+    tensors under BNB_MIN_8BIT_SIZE values keep 32-bit states."""
+    if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZER_BYTES_PER_PARAM)}")
+    per = OPTIMIZER_BYTES_PER_PARAM[optimizer]
+    if optimizer != "adamw8bit":
+        return per * sum(sizes)
+    small = [n for n in sizes if n < BNB_MIN_8BIT_SIZE]
+    large = [n for n in sizes if n >= BNB_MIN_8BIT_SIZE]
+    scales = sum(2 * 4 * -(-n // BNB_BLOCK) for n in large)
+    return (OPTIMIZER_BYTES_PER_PARAM["adamw"] * sum(small) + per * sum(large) + scales
+            + (BNB_QMAPS_BYTES if large else 0))
 
 
 @dataclass(frozen=True)
@@ -64,7 +86,8 @@ def state_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> MemoryEstim
     """Exact prediction of weights + grads + optimizer states for a built model (no activations).
 
     Exact for torch.optim.AdamW / SGD, which keep states in the parameter's dtype; bitsandbytes'
-    8-bit AdamW also keeps small per-block scales, so its figure is approximate.
+    8-bit AdamW also keeps small per-block scales, so its figure is approximate (tensors under
+    BNB_MIN_8BIT_SIZE values are counted at 32-bit, as bitsandbytes keeps them).
     """
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZER_BYTES_PER_PARAM)}")
@@ -74,7 +97,7 @@ def state_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> MemoryEstim
     if optimizer == "adamw":
         opt = sum(2 * p.numel() * p.element_size() + ADAMW_STEP_BYTES_PER_TENSOR for p in trainable)
     else:
-        opt = OPTIMIZER_BYTES_PER_PARAM[optimizer] * sum(p.numel() for p in trainable)
+        opt = optimizer_bytes_for([p.numel() for p in trainable], optimizer)
     return MemoryEstimate(weights, grads, opt, 0)
 
 

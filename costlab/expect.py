@@ -37,7 +37,10 @@ class Checks:
         claim = Claim(text, measured, status, reason)
         self.claims.append(claim)
         mark = {"held": "PASS", "FAILED": "FAIL", "not expected here": "INFO"}[status]
-        print(f"[{mark}] {text}: measured {measured}" + (f" ({reason})" if reason else ""))
+        # Why a claim is not expected here matters when it did not hold; a claim that held anyway
+        # only says it was not asserted (the reason would contradict what was just measured).
+        note = (f" ({reason})" if reason and not ok else " (not asserted on this hardware)" if not expected_here else "")
+        print(f"[{mark}] {text}: measured {measured}{note}")
         return ok
 
     def saving(self, metric: str, before: float, after: float, *, at_least: float,

@@ -41,10 +41,7 @@ def lora_params_per_block(model: nn.Module, r: int, targets: list[str] | None = 
 
 def full_depth(name_or_path: str) -> int:
     """Blocks in the untruncated model, read from its config (no weights are loaded)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(models.resolve(name_or_path))
-    return next(getattr(config, k) for k in ("num_hidden_layers", "n_layer") if hasattr(config, k))
+    return models.depth(name_or_path)
 
 
 def computed_shares(model: nn.Module, name_or_path: str, r: int) -> dict[str, dict[str, float]]:

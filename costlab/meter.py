@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,15 +98,24 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
 
 
 def tensors_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    """Bytes of these tensors, each counted once: bitsandbytes' 8-bit optimizers hand every
+    parameter's state the same quantization-map tensors, which exist once in memory."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = (t.data_ptr(), t.numel(), t.dtype) if t.numel() else (id(t),)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
 
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Measured bytes of weights, gradients and optimizer states (what the estimate predicts)."""
     opt = 0
     if optimizer is not None:
-        opt = sum(tensors_bytes(v for v in s.values() if torch.is_tensor(v))
-                  for s in optimizer.state.values())
+        opt = tensors_bytes(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
     return {"weights": tensors_bytes(model.parameters()),
             "grads": tensors_bytes(p.grad for p in model.parameters()),
             "optimizer": opt}
@@ -228,6 +238,9 @@ class meter:
             torch.cuda.reset_peak_memory_stats()
             self._mem_start = torch.cuda.memory_allocated()
         else:
+            # Collect cyclic garbage first: freed mid-measurement (a gc pass triggered by the
+            # measured code), it would lower the RSS under the start line and hide the peak.
+            gc.collect()
             reset_peak_rss()
             self._mem_start = rss_bytes()
         self._e0 = self._energy.read_j()

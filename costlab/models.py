@@ -196,6 +196,14 @@ def lora_targets(model: nn.Module) -> list[str]:
     raise ValueError(f"no attention projections recognised in {type(model).__name__}: {sorted(set(names))}")
 
 
+def depth(name_or_path: str) -> int:
+    """Blocks in the untruncated model, read from its config (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    with _quiet_transformers():
+        return AutoConfig.from_pretrained(resolve(name_or_path)).num_hidden_layers
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -206,7 +214,7 @@ def load(name_or_path: str, *, task: str | None = None, layers: int | None = Non
     """Load a model and its tokenizer.
 
     task: "causal-lm", "classification" (sequence classification head) or "encoder".
-    layers: keep only the first N blocks. pretrained=False: same architecture, random init.
+    layers: keep only the first N blocks (all of them if the model has fewer). pretrained=False: same architecture, random init.
     """
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
@@ -225,8 +233,14 @@ def load(name_or_path: str, *, task: str | None = None, layers: int | None = Non
         config = AutoConfig.from_pretrained(source, **extra)
         full_depth = config.num_hidden_layers
         if layers is not None:
-            if not 1 <= layers <= full_depth:
-                raise ValueError(f"layers must be between 1 and {full_depth}, got {layers}")
+            if layers < 1:
+                raise ValueError(f"layers must be at least 1 (the model has {full_depth} blocks), got {layers}")
+            if layers > full_depth:
+                # Profiles name an upper bound (smoke keeps 2 blocks, cpu 6, ...): a learner's
+                # shallower model is used whole, and says so, rather than failing the notebook.
+                print(f"{name_or_path}: the model has {full_depth} blocks; using all of them "
+                      f"({layers} asked for)")
+                layers = full_depth
             # Building only the first N blocks means the dropped ones are never read into memory
             # (a fresh process's peak then reflects the truncated model, not the full one).
             config.num_hidden_layers = layers

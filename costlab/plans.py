@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from . import hardware
-from .estimate import BYTES_PER_VALUE, OPTIMIZER_BYTES_PER_PARAM, ModelShape, activation_bytes
+from .estimate import BYTES_PER_VALUE, OPTIMIZER_BYTES_PER_PARAM, ModelShape, activation_bytes, optimizer_bytes_for
 
 
 # NF4 with double quantization: 4 bits per weight + 0.127 bits of scales (Dettmers et al. 2023).
@@ -83,6 +83,26 @@ def lora_params(shape: ModelShape, r: int) -> int:
     return shape.layers * r * (2 * shape.hidden + shape.hidden + kv_dim)
 
 
+def lora_tensor_sizes(shape: ModelShape, r: int) -> list[int]:
+    """Value counts of each adapter tensor: A (r x h) and B (out x r) for query and value, per layer."""
+    kv_dim = shape.hidden * (shape.kv_heads or shape.heads) // shape.heads
+    return [r * shape.hidden, shape.hidden * r, r * shape.hidden, kv_dim * r] * shape.layers
+
+
+def trained_tensor_sizes(plan: Plan) -> list[int]:
+    """Value counts of the tensors the optimizer updates. Full fine-tuning of a Llama-shaped model:
+    the norms' weights (two per block and a final one, hidden values each) apart, and the rest as
+    one lump (only the 8-bit optimizer's small-tensor rule needs them apart)."""
+    if plan.lora_r:
+        return lora_tensor_sizes(plan.shape, plan.lora_r)
+    norms = [plan.shape.hidden] * (2 * plan.shape.layers + 1)
+    return norms + [plan.shape.total_params - sum(norms)]
+
+
+def optimizer_state_bytes(plan: Plan) -> float:
+    return optimizer_bytes_for(trained_tensor_sizes(plan), plan.optimizer)
+
+
 def trainable_params(plan: Plan) -> int:
     return lora_params(plan.shape, plan.lora_r) if plan.lora_r else plan.shape.total_params
 
@@ -130,7 +150,7 @@ def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> PlanMemory:
     head = plan.tokens_per_step * shape.vocab * (3 * fp32 + (BYTES_PER_VALUE["bf16"] if plan.autocast else 0))
     if plan.autocast and not plan.base_dtype:  # an fp32 head matrix is cast to 16-bit at each forward
         head += shape.vocab * shape.hidden * BYTES_PER_VALUE["bf16"]  # and the copy kept for backward
-    return PlanMemory(weights, trainable * fp32, OPTIMIZER_BYTES_PER_PARAM[plan.optimizer] * trainable,
+    return PlanMemory(weights, trainable * fp32, optimizer_state_bytes(plan),
                       acts, head, optimizer_workspace_bytes(plan, device_kind))
 
 

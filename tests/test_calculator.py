@@ -76,7 +76,10 @@ def test_each_cut_moves_the_memory_part_it_is_about():
     assert mem(lora_r=8, qlora=True).weights_bytes < lora.weights_bytes
     assert mem(grad_checkpointing=True).activation_bytes < full.activation_bytes
     assert mem(autocast="bf16").activation_bytes == pytest.approx(full.activation_bytes / 2, rel=0.05)
-    assert mem(optimizer="adamw8bit").optimizer_state_bytes == full.optimizer_state_bytes / 4
+    # 8-bit states for everything but the norms, which bitsandbytes keeps in 32-bit (under 4096 values)
+    norms = (2 * shape.layers + 1) * shape.hidden
+    eight_bit = mem(optimizer="adamw8bit").optimizer_state_bytes
+    assert 2 * (shape.total_params - norms) + 8 * norms < eight_bit < 1.02 * (2 * (shape.total_params - norms) + 8 * norms)
     assert mem(compile=True).total_bytes == full.total_bytes  # not modelled, and says so
 
 

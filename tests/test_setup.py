@@ -76,6 +76,17 @@ def test_truncation_keeps_the_first_pretrained_blocks():
                            full.encoder.layer[0].attention.self.query.weight)
 
 
+def test_a_profile_deeper_than_the_model_uses_the_whole_model_and_says_so(capsys):
+    """Profiles give an upper bound (cpu keeps 6 blocks): MiniLM has 6, so 8 means all of them."""
+    import pytest
+
+    model, _ = models.load("minilm", layers=8)
+    assert len(models.transformer_blocks(model)) == models.depth("minilm") == 6
+    assert "the model has 6 blocks; using all of them (8 asked for)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="at least 1"):
+        models.load("minilm", layers=0)
+
+
 def test_regenerating_the_data_gives_identical_files(tmp_path):
     written = reviews.write(tmp_path)
     for path in written:

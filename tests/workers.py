@@ -9,3 +9,14 @@ def allocate(mib: int) -> dict:
 
 def fail() -> dict:
     raise RuntimeError("boom")
+
+
+def meter_allocation(mib: int) -> dict:
+    """The in-process meter around one allocation, in a process with no earlier history (in the
+    test runner's own process, memory freed by earlier tests can be reused without any growth)."""
+    from costlab import meter
+
+    with meter.meter() as m:
+        block = torch.ones(mib, 2**18)
+        del block
+    return {"metered_peak_bytes": m.result.peak_mem_bytes, "wall_sec": m.result.wall_sec}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import data, models
+from .evaluation import eval_mode
 
 
 @dataclass
@@ -77,18 +78,16 @@ def make_evaluate(tokenizer, *, seq_len: int, n_eval: int, batch_size: int,
 @torch.no_grad()
 def accuracy_and_loss(model: nn.Module, batches: list[dict]) -> dict:
     """Accuracy and mean cross-entropy in one pass (two passes would double what we hide)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct, loss_sum, n = 0, 0.0, 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        correct += (logits.argmax(-1) == labels).sum().item()
-        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
-        n += len(labels)
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        correct, loss_sum, n = 0, 0.0, 0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            correct += (logits.argmax(-1) == labels).sum().item()
+            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+            n += len(labels)
     return {"accuracy": correct / n, "eval_loss": loss_sum / n, "n": n}
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import data, meter, probe
+from .evaluation import eval_mode
 from .train import TrainConfig, TrainResult, train
 
 ORDERS = ("random", "easy_to_hard", "hard_to_easy")
@@ -76,14 +77,12 @@ def difficulty_scores(records: list[dict]) -> torch.Tensor:
 @torch.no_grad()
 def loss_scores(model: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 256) -> torch.Tensor:
     """Each example's loss under a trained scoring model (its own label, however wrong)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for batch in data.eval_batches(encoded, batch_size):
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        out.append(nn.functional.cross_entropy(logits, labels, reduction="none"))
-    model.train(was_training)
+    with eval_mode(model):
+        out = []
+        for batch in data.eval_batches(encoded, batch_size):
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            out.append(nn.functional.cross_entropy(logits, labels, reduction="none"))
     return torch.cat(out)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import data, meter, models, probe
+from .evaluation import eval_mode
 from .probe import Head
 
 
@@ -47,10 +48,8 @@ class EncoderClassifier(nn.Module):
     def calibrate(self, encoded: dict[str, torch.Tensor]) -> "EncoderClassifier":
         """Standardize the head's inputs with this encoder's states on `encoded` (a sample of
         the training set): a new or shortened encoder has its own output statistics."""
-        was_training = self.training
-        self.eval()
-        self.head.calibrate(self.states(encoded["input_ids"], encoded["attention_mask"]), encoded["attention_mask"])
-        self.train(was_training)
+        with eval_mode(self):
+            self.head.calibrate(self.states(encoded["input_ids"], encoded["attention_mask"]), encoded["attention_mask"])
         return self
 
     def forward(self, input_ids, attention_mask, labels=None) -> SequenceClassifierOutput:
@@ -201,13 +200,11 @@ def train_student(teacher: EncoderClassifier, train_set: dict[str, torch.Tensor]
 @torch.no_grad()
 def soft_targets(teacher: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits on every example, computed once (offline distillation)."""
-    was_training = teacher.training
-    teacher.eval()
-    out = []
-    for batch in data.eval_batches(encoded, batch_size):
-        batch.pop("labels", None)
-        out.append(teacher(**batch).logits)
-    teacher.train(was_training)
+    with eval_mode(teacher):
+        out = []
+        for batch in data.eval_batches(encoded, batch_size):
+            batch.pop("labels", None)
+            out.append(teacher(**batch).logits)
     return torch.cat(out)
 
 

@@ -1,6 +1,7 @@
 """Quality measures: classifier accuracy, LM eval loss / perplexity, LM sentiment accuracy."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -8,36 +9,43 @@ import torch
 from .data import LABEL_WORDS, lm_prompt
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Evaluation mode (no dropout) inside the block, the model's own mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, batches: list[dict]) -> float:
     """Share of examples whose argmax logit is the label (a sequence classifier)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = total = 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        correct += (logits.argmax(-1) == labels).sum().item()
-        total += len(labels)
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        correct = total = 0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            correct += (logits.argmax(-1) == labels).sum().item()
+            total += len(labels)
     return correct / total
 
 
 @torch.no_grad()
 def eval_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     """Mean token loss over labelled (non-padding) tokens."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum = tokens = 0.0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        n = (batch["labels"][:, 1:] != -100).sum().item()
-        loss_sum += model(**batch).loss.item() * n
-        tokens += n
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        loss_sum = tokens = 0.0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = (batch["labels"][:, 1:] != -100).sum().item()
+            loss_sum += model(**batch).loss.item() * n
+            tokens += n
     return loss_sum / tokens
 
 
@@ -48,14 +56,12 @@ def perplexity(loss: float) -> float:
 @torch.no_grad()
 def lm_sentiment_accuracy(model: torch.nn.Module, tokenizer, records: list[dict]) -> float:
     """Does the causal LM score ' positive' above ' negative' after the prompt? (LM task quality)"""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    word_ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in LABEL_WORDS]
-    correct = 0
-    for record in records:
-        ids = tokenizer(lm_prompt(record), return_tensors="pt")["input_ids"].to(device)
-        logits = model(input_ids=ids).logits[0, -1]
-        correct += int(int(logits[word_ids].argmax()) == record["label"])
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        word_ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in LABEL_WORDS]
+        correct = 0
+        for record in records:
+            ids = tokenizer(lm_prompt(record), return_tensors="pt")["input_ids"].to(device)
+            logits = model(input_ids=ids).logits[0, -1]
+            correct += int(int(logits[word_ids].argmax()) == record["label"])
     return correct / len(records)

@@ -55,3 +55,19 @@ def test_bad_switches_are_clear_errors():
         model, enc = _classifier_setup(n=16)
         with pytest.raises(RuntimeError, match="fp16"):
             train(model, data.batches(enc, 8), TrainConfig(steps=1, autocast="fp16", progress=False))
+
+
+def test_eval_mode_restores_the_model_mode_even_when_the_block_raises():
+    import pytest
+    from torch import nn
+
+    from costlab.evaluation import eval_mode
+
+    model = nn.Sequential(nn.Dropout(0.5))
+    with eval_mode(model):
+        assert not model.training
+    assert model.training
+    model.eval()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("inside")
+    assert not model.training  # it was in eval mode before, and stays so

@@ -45,6 +45,13 @@ class Pair:
     estimated: bool  # the metric is an estimate on either side
     quality: tuple[QualityDelta, ...]
     preferred: bool | None = None  # the variant record's extra["headline"], if it set one
+    # The baseline never reached the target: `before` is what it spent without getting there, so
+    # the true ratio is at least `ratio` (shown with a "≥").
+    lower_bound: bool = False
+
+    @property
+    def ratio_text(self) -> str:
+        return ("≥ " if self.lower_bound else "") + format_ratio(self.ratio)
 
     @property
     def ratio(self) -> float:
@@ -146,22 +153,33 @@ def _quality(before: dict, after: dict) -> tuple[QualityDelta, ...]:
     return tuple(QualityDelta(q, float(bq[q]), float(aq[q])) for q in names)
 
 
+TO_TARGET = "_to_target"
+
+
 def pairs(run: list[dict], metric: str) -> list[Pair]:
-    """Every variant of one run that names a recorded baseline and has `metric` on both sides."""
+    """Every variant of one run that names a recorded baseline and has `metric` on both sides; for
+    an `*_to_target` metric the baseline never reached, what it spent in all (`flops`, `steps`,
+    ...) stands in, and the pair is a lower bound."""
     latest = {rec["variant"]: rec for rec in run}  # later lines win, as in ledger.latest
     out = []
     for variant, rec in latest.items():
         base = latest.get(rec.get("baseline")) if rec.get("baseline") != variant else None
         if base is None:
             continue
-        before, after = (base.get("metrics") or {}).get(metric), (rec.get("metrics") or {}).get(metric)
+        base_m, rec_m = base.get("metrics") or {}, rec.get("metrics") or {}
+        before, after = base_m.get(metric), rec_m.get(metric)
+        spent = metric.removesuffix(TO_TARGET)
+        lower_bound = (metric.endswith(TO_TARGET) and not _number(before) and _number(after)
+                       and _number(base_m.get(spent)))
+        if lower_bound:  # e.g. flops_to_target: the baseline spent `flops` and missed the target
+            before = base_m[spent]
         if not (_number(before) and _number(after)):
             continue
         estimated = metric in (rec.get("estimated") or []) or metric in (base.get("estimated") or [])
         extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
         marked = extra.get("headline") if isinstance(extra.get("headline"), bool) else None
         out.append(Pair(variant, rec["baseline"], metric, float(before), float(after), estimated,
-                        _quality(base, rec), marked))
+                        _quality(base, rec), marked, lower_bound))
     return out
 
 

@@ -82,10 +82,13 @@ def _saving_cell(cut: CutResult) -> str:
     if p is None:
         return _measured_only(cut) + (f"<br><small>{_e(cut.note)}</small>" if cut.note else "")
     kind = "costs-more" if p.ratio <= 1 else "saving-with-loss" if p.quality_worse else "saving"
-    parts = [f'<span class="ratio {kind}">{headline.format_ratio(p.ratio)}</span> '
+    parts = [f'<span class="ratio {kind}">{_e(p.ratio_text)}</span> '
              f"{_e(metrics.spec(p.metric).label)}" + (" <small>(estimated)</small>" if p.estimated else ""),
              f"<small>{_e(p.variant)} vs {_e(p.baseline)}: {_e(_value(p.metric, p.before))} → "
              f"{_e(_value(p.metric, p.after))}</small>"]
+    if p.lower_bound:
+        parts.append(f"<small>{_e(p.baseline)} did not reach the target: the left figure is what it spent "
+                     f"without getting there, so the saving is at least this</small>")
     if p.ratio <= 1:
         parts.append('<small class="costs-more">no saving here</small>')
     elif p.quality_worse:
@@ -154,7 +157,7 @@ def _across(groups: list[Group]) -> str:
     """Workshop view: each lesson's headline ratio on each machine, side by side."""
     head = "".join(f"<th>{_e(g.label)}<br><small>{_e(g.profile)}</small></th>" for g in groups)
     def cell(cut: CutResult) -> str:
-        return headline.format_ratio(cut.headline.ratio) if cut.headline else cut.status
+        return cut.headline.ratio_text if cut.headline else cut.status
 
     rows = []
     for i, lesson in enumerate(course.LESSONS):

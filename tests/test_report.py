@@ -174,3 +174,27 @@ def test_a_saving_bought_with_quality_is_flagged_and_notebooks_can_steer_the_hea
     assert cut.headline.variant == "half" and "not a clean saving" not in report._saving_cell(cut)
     recs[2]["extra"]["headline"] = True  # marked: only marked variants compete
     assert headline.cut_result(lesson, recs).headline.variant == "cut"
+
+
+def test_a_baseline_that_never_reached_the_target_gives_a_lower_bound(results_dir):
+    """01's from-scratch arm can miss the target within its budget: its FLOPs to target are then
+    unknown but above what it spent, so the report shows the saving as "at least"."""
+    lesson = course.lesson("01")
+    assert lesson.headline_metric == "flops_to_target"
+    run = {"run_id": "run-x"}
+    recs = [ledger.make_record(lesson.name, "scratch", metrics_={"flops": 5e12}, quality={"accuracy": 0.5},
+                               profile="smoke", extra=run),
+            ledger.make_record(lesson.name, "pretrained", metrics_={"flops": 1e12, "flops_to_target": 1e12},
+                               quality={"accuracy": 0.7}, baseline="scratch", profile="smoke", extra=run)]
+    cut = headline.cut_result(lesson, recs)
+    assert cut.metric == "flops_to_target" and not cut.note
+    assert cut.headline.lower_bound and cut.headline.ratio == pytest.approx(5.0)
+    assert cut.headline.ratio_text == "≥ 5.00x"
+    path = results_dir / "ledger.jsonl"
+    for rec in recs:
+        ledger.append(rec, path)
+    html = report.build(ledger.read_report(path))
+    assert "≥ 5.00x" in _row(html, lesson.name) and "did not reach the target" in _row(html, lesson.name)
+    # A baseline that reached the target is an ordinary pair.
+    recs[0]["metrics"]["flops_to_target"] = 4e12
+    assert not headline.cut_result(lesson, recs).headline.lower_bound

@@ -78,7 +78,11 @@ def test_snapshots_after_the_first_carry_only_what_training_changes():
 
 
 def test_subsample_standard_error():
-    assert async_eval.accuracy_se(0.5, 32, 128) == pytest.approx(math.sqrt(0.25 / 32 * 96 / 127))
+    assert async_eval.accuracy_se(0.5, 32, 128) == pytest.approx(math.sqrt(0.25 / 36 * 96 / 127))
+    # A subsample at 100% still has an error bar (the plain formula gave 0, so any gap was "inf SE")
+    perfect = async_eval.accuracy_se(1.0, 64, 256)
+    assert 0.01 < perfect < 0.03
+    assert async_eval.standard_errors_apart(1.0, 0.988, perfect) < 3
     assert async_eval.accuracy_se(0.5, 128, 128) == 0.0  # the whole set: no sampling error
     assert async_eval.standard_errors_apart(0.6, 0.5, 0.05) == pytest.approx(2.0)
     assert async_eval.standard_errors_apart(0.5, 0.5, 0.0) == 0.0

@@ -51,6 +51,9 @@ class Profile:
     # optimizer steps (it starts from the teacher's weights but must adapt to fewer blocks).
     student_layers: int
     student_steps: int
+    # 08's teacher fine-tuning learning rate: a deeper encoder needs a smaller one (the 6-block
+    # MiniLM measured 0.916 test accuracy at 1e-4, 0.998 at 3e-5, 0.47 at 3e-4; 2 blocks: 0.996 at 1e-4).
+    teacher_lr: float
     # The capstone's fine-tuning job (13), run once per step of the stack: few tokens per step,
     # so the weights and optimizer states the cuts shrink outweigh the LM head's logits (vocab-
     # sized per token), which no cut shrinks.
@@ -103,7 +106,7 @@ PROFILES: dict[str, Profile] = {
         train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
-        head_steps=300, student_layers=1, student_steps=60,
+        head_steps=300, student_layers=1, student_steps=60, teacher_lr=1e-4,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
         lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
@@ -115,7 +118,7 @@ PROFILES: dict[str, Profile] = {
         train_steps=150, eval_every=10, n_train=2000, n_eval=256, target_accuracy=0.85,
         warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=12, compile_layers=2, fusion_rows=131072,
-        head_steps=400, student_layers=2, student_steps=150,
+        head_steps=400, student_layers=2, student_steps=150, teacher_lr=3e-5,
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
         lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
@@ -127,7 +130,7 @@ PROFILES: dict[str, Profile] = {
         train_steps=400, eval_every=20, n_train=4000, n_eval=500, target_accuracy=0.9,
         warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
         deep_lm_layers=None, compile_layers=None, fusion_rows=262144,
-        head_steps=600, student_layers=3, student_steps=400,
+        head_steps=600, student_layers=3, student_steps=400, teacher_lr=3e-5,
         stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
         transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
         lora_seq_len=64, lora_batch_size=32, lora_steps=100, lora_eval_examples=256,

@@ -39,11 +39,6 @@ def lora_params_per_block(model: nn.Module, r: int, targets: list[str] | None = 
     return sum(r * (fan_in + fan_out) for fan_in, fan_out in _target_shapes(model, targets))
 
 
-def full_depth(name_or_path: str) -> int:
-    """Blocks in the untruncated model, read from its config (no weights are loaded)."""
-    return models.depth(name_or_path)
-
-
 def computed_shares(model: nn.Module, name_or_path: str, r: int) -> dict[str, dict[str, float]]:
     """Trainable share of LoRA for the model as loaded and for the full-depth model.
 
@@ -55,7 +50,7 @@ def computed_shares(model: nn.Module, name_or_path: str, r: int) -> dict[str, di
     outside = models.count_params(model) - sum(p.numel() for p in blocks.parameters())
     lora_block = lora_params_per_block(model, r)
     out = {}
-    for label, depth in (("as loaded", len(blocks)), ("full depth (computed)", full_depth(name_or_path))):
+    for label, depth in (("as loaded", len(blocks)), ("full depth (computed)", models.depth(name_or_path))):
         total, lora = outside + depth * per_block, depth * lora_block
         out[label] = {"layers": depth, "total_params": total, "lora_params": lora,
                       "share": lora / (total + lora)}
@@ -79,9 +74,9 @@ def adapter_grad_norm(model: nn.Module, batch: dict) -> float:
 
 
 def _checkpointing(model: nn.Module, reentrant: bool) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
-    base.config.use_cache = False
+    from .train import enable_checkpointing
+
+    enable_checkpointing(model.get_base_model() if hasattr(model, "get_base_model") else model, reentrant=reentrant)
 
 
 def checkpointing_pitfall(peft_model: nn.Module, batch: dict) -> list[dict]:

@@ -116,10 +116,11 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST[cfg.autocast])
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each block's activations in backward instead of storing them (HF models)."""
-    # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks.
-    kwargs = {"use_reentrant": False}
+def enable_checkpointing(model: torch.nn.Module, *, reentrant: bool = False) -> None:
+    """Recompute each block's activations in backward instead of storing them (HF models).
+    Non-reentrant (the default) works with frozen inputs (LoRA) without extra hooks; 02 turns
+    reentrant on to show the trap."""
+    kwargs = {"use_reentrant": reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     elif hasattr(model, "gradient_checkpointing_enable"):

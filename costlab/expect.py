@@ -54,7 +54,7 @@ class Checks:
     def quality(self, metric: str, before: float, after: float, *, bound: float) -> bool:
         """Quality got worse by at most `bound` (metric units; 0 means 'no worse')."""
         worse_by = (after - before) if metrics.lower_is_better(metric) else (before - after)
-        return self._add(f"{metrics.spec(metric).label} no worse than {bound:g} below the reference",
+        return self._add(f"{metrics.spec(metric).label} worse than the reference by at most {bound:.3g}",
                          worse_by <= bound, f"{before:.4g} -> {after:.4g} (worse by {worse_by:+.4g})")
 
     def at_most(self, text: str, value: float, limit: float, *, expected_here: bool = True,

@@ -61,6 +61,11 @@ class Profile:
     stack_batch_size: int
     stack_steps: int  # optimizer steps per variant (the first also compiles, when compiling)
     stack_eval_examples: int  # validation reviews behind each variant's eval loss
+    # LoRA's learning rate on that job: zero-initialised adapters on a frozen base take large
+    # steps, and the deeper the model the smaller they must be. Measured on the stack's 8-bit
+    # step: 2 blocks (smoke) best at 3e-2 of 1e-3...3e-2; 6 blocks (cpu) eval loss 5.8 at 3e-2,
+    # 4.6 at 1e-2 (seed 0). gpu (all 30 blocks): not measured, set lower on that trend.
+    stack_lora_lr: float
     # 01's race, pretrained vs randomly initialized encoder, one recipe for both. The encoder
     # truncated to 2 blocks (smoke) learns the reviews' negations and contrasts slowly, and the
     # scratch arm must be given 5x the pretrained FLOPs: smoke races one seed to a lower bar.
@@ -107,7 +112,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
         head_steps=300, student_layers=1, student_steps=60, teacher_lr=1e-4,
-        stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16,
+        stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16, stack_lora_lr=3e-2,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
         lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
         full_lr=1e-3, lora_lr=1e-2, warm_steps=120,
@@ -119,7 +124,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=2, timed_steps=5, seeds=(0, 1, 2), world_size=2,
         deep_lm_layers=12, compile_layers=2, fusion_rows=131072,
         head_steps=400, student_layers=2, student_steps=150, teacher_lr=3e-5,
-        stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128,
+        stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128, stack_lora_lr=1e-2,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
         lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
         full_lr=3e-4, lora_lr=3e-3, warm_steps=100,
@@ -131,7 +136,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=5, timed_steps=20, seeds=(0, 1, 2, 3, 4), world_size=2,
         deep_lm_layers=None, compile_layers=None, fusion_rows=262144,
         head_steps=600, student_layers=3, student_steps=400, teacher_lr=3e-5,
-        stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256,
+        stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256, stack_lora_lr=3e-3,
         transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
         lora_seq_len=64, lora_batch_size=32, lora_steps=100, lora_eval_examples=256,
         full_lr=1e-4, lora_lr=1e-3, warm_steps=200,

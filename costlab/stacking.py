@@ -32,9 +32,17 @@ class Job:
     eval_examples: int
     # The best of those tried on the smoke job (full: 1e-4, 3e-4, 1e-3; LoRA: 1e-3 ... 3e-2):
     # zero-initialised adapters on a frozen base take much larger steps than full fine-tuning.
+    # Deeper jobs want a smaller LoRA rate: the notebook passes the profile's stack_lora_lr.
     lr_full: float = 1e-3
     lr_lora: float = 3e-2
     lora_r: int = 8
+
+    @classmethod
+    def from_profile(cls, p, model: str, **overrides) -> "Job":
+        """The capstone's job at profile `p`'s sizes (its stack_* fields)."""
+        sizes = dict(layers=p.lm_layers, seq_len=p.stack_seq_len, batch_size=p.stack_batch_size,
+                     steps=p.stack_steps, eval_examples=p.stack_eval_examples, lr_lora=p.stack_lora_lr)
+        return cls(model=model, **{**sizes, **overrides})
 
     def plan(self, shape: ModelShape, cuts=()) -> plans.Plan:
         base = plans.Plan(shape, self.seq_len, self.batch_size, float(self.tokens))
@@ -44,7 +52,7 @@ class Job:
     def tokens(self) -> int:
         return self.steps * self.seq_len * self.batch_size
 
-    def kwargs(self, plan: plans.Plan, *, eval_before: bool = False) -> dict:
+    def kwargs(self, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0) -> dict:
         """`lm_training`'s arguments for `plan`. Compilation is regional ("blocks": each
         transformer block compiled once, identical blocks sharing the code), so compile time
         does not grow with depth."""
@@ -52,7 +60,7 @@ class Job:
         return {"model": self.model, "layers": self.layers, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "steps": self.steps, "eval_examples": self.eval_examples,
                 "lr": self.lr_lora if plan.lora_r else self.lr_full, "eval_before": eval_before,
-                "measure_checkpoint": False, **switches}
+                "measure_checkpoint": False, "seed": seed, **switches}
 
 
 def shape_of(name_or_path: str, layers: int | None) -> ModelShape:
@@ -91,14 +99,23 @@ def waterfall(job: Job, shape: ModelShape, *, qlora: bool) -> list[tuple[str, pl
     return out
 
 
-def run(job: Job, plan: plans.Plan, *, eval_before: bool = False) -> dict:
+def run(job: Job, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0) -> dict:
     """One plan, trained and measured in a fresh process (its memory peak is its own). peft and
     bitsandbytes are imported before the RSS baseline, like torch: no variant owns them; a bf16
-    base is converted (once, cached) before the run, not inside it."""
+    base is converted (once, cached) before the run, not inside it. `seed` draws the adapters'
+    initialisation and the batches' order."""
     if plan.base_dtype == "bf16":
         workloads.bf16_checkpoint(job.model)
     return isolate.isolate("costlab.workloads:lm_training", preload=("peft",),
-                           **job.kwargs(plan, eval_before=eval_before))
+                           **job.kwargs(plan, eval_before=eval_before, seed=seed))
+
+
+def seed_spread(job: Job, plan: plans.Plan, first: dict, seeds) -> dict:
+    """The eval loss of `plan` at each seed (`first`: its run at seed 0, reused) and their range:
+    how far chance alone moves one configuration's quality, the yardstick for a cut's effect."""
+    losses = {0: first["quality"]["eval_loss"]}
+    losses.update({seed: run(job, plan, seed=seed)["quality"]["eval_loss"] for seed in seeds if seed != 0})
+    return {"eval_loss_by_seed": losses, "range": max(losses.values()) - min(losses.values())}
 
 
 def fast_bf16(device: hardware.Device) -> bool:
@@ -140,6 +157,14 @@ def quality_effects(labels: list[str], losses: list[float]) -> dict[str, float]:
     return {label: losses[i] - losses[i - 1] for i, label in enumerate(labels) if i}
 
 
+def measured_cuts(plan: plans.Plan) -> list[str]:
+    """The waterfall's steps a plan is made of, whose measured effects it carries. QLoRA was
+    measured as a step on top of LoRA (a 4-bit base under the same adapters), so a QLoRA plan
+    carries LoRA's effect too, though `plans.cuts_of` names it "qlora" alone."""
+    cuts = plans.cuts_of(plan)
+    return ["lora", *cuts] if plan.qlora else cuts
+
+
 def cheapest_within(job: Job, shape: ModelShape, *, allowed, effects: dict[str, float], baseline_loss: float,
                     max_loss: float, budget_bytes: float, calibration: Calibration, device: hardware.Device,
                     flops_per_sec: float | None):
@@ -156,7 +181,7 @@ def cheapest_within(job: Job, shape: ModelShape, *, allowed, effects: dict[str, 
     rows, admissible = [], []
     for plan in plans.candidates(job.plan(shape), allowed, lora_r=job.lora_r):
         pred = plans.predict_plan(plan, device, flops_per_sec=flops_per_sec)
-        loss = baseline_loss + sum(effects.get(cut, 0.0) for cut in plans.cuts_of(plan))
+        loss = baseline_loss + sum(effects.get(cut, 0.0) for cut in measured_cuts(plan))
         planned = calibration(pred.memory.total_bytes)
         ok = loss <= max_loss
         if ok:

@@ -25,6 +25,21 @@ def test_a_plan_becomes_lm_training_arguments():
     assert job.kwargs(job.plan(SHALLOW, ["bf16"]))["base_dtype"] is None
 
 
+def test_the_seed_reaches_the_run_and_the_spread_is_the_range_over_seeds(monkeypatch):
+    job = _job()
+    plan = job.plan(SHALLOW, ["lora"])
+    assert job.kwargs(plan)["seed"] == 0 and job.kwargs(plan, seed=3)["seed"] == 3
+    calls = []
+
+    def fake_isolate(target, preload=(), **kwargs):
+        calls.append(kwargs["seed"])
+        return {"quality": {"eval_loss": 5.0 + kwargs["seed"]}}
+    monkeypatch.setattr(stacking.isolate, "isolate", fake_isolate)
+    spread = stacking.seed_spread(job, plan, {"quality": {"eval_loss": 4.5}}, seeds=(0, 1, 2))
+    assert calls == [1, 2]  # seed 0's run is reused, not repeated
+    assert spread["eval_loss_by_seed"] == {0: 4.5, 1: 6.0, 2: 7.0} and spread["range"] == 2.5
+
+
 def test_the_waterfall_adds_one_cut_per_step():
     job = _job()
     steps = stacking.waterfall(job, SHALLOW, qlora=False)
@@ -79,6 +94,18 @@ def test_the_team_question_respects_budget_and_quality():
                                        budget_bytes=0.4 * base_mem, **kwargs)
     assert pick is not None and pick.plan.lora_r and cal(pick.memory.total_bytes) <= 0.4 * base_mem
     assert not pick.plan.grad_checkpointing  # it costs FLOPs and is not needed to fit
+
+
+def test_a_qlora_plan_carries_loras_measured_effect_too():
+    job = _job()
+    cpu = hardware.Device("cpu", "test cpu", 8 * 2**30, False, 2, "cpu-core")
+    cal = stacking.Calibration(1.0, 0.0)
+    effects = {"lora": 2.0, "qlora": -0.1}
+    _, table = stacking.cheapest_within(job, SHALLOW, allowed=["lora", "qlora"], effects=effects, baseline_loss=1.0,
+                                        max_loss=99.0, budget_bytes=1e12, calibration=cal, device=cpu,
+                                        flops_per_sec=1e10)
+    loss = dict(zip(table["cuts"], table["predicted eval loss"]))
+    assert loss["lora"] == 3.0 and abs(loss["qlora"] - 2.9) < 1e-12  # not 0.9: QLoRA is LoRA on a 4-bit base
 
 
 def test_a_bf16_copy_of_a_checkpoint_is_made_once(tmp_path, monkeypatch):

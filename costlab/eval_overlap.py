@@ -105,6 +105,9 @@ def run(*, variants: list[str] = ("inline", "background"), model: str | None = N
     task_kwargs = {"model": model, "layers": p.encoder_layers if layers is None else layers,
                    "seq_len": p.cls_seq_len, "n_eval": p.n_eval, "batch_size": 4 * p.batch_size,
                    "seed": seed}
+    # The evaluator's core, probed while it is idle: before the background evaluator starts
+    # building its model there (probed during that start-up, it read as no spare core at all).
+    capacity = [parallel_capacity(eval_core)]
     # Start the background evaluator first: it builds its model on its own core while the trainer
     # builds its own and runs the inline variant (which leaves that core idle).
     background = (BackgroundEvaluator(TASK_TARGET, task_kwargs, core=eval_core)
@@ -119,10 +122,10 @@ def run(*, variants: list[str] = ("inline", "background"), model: str | None = N
     encoded = data.encode_classification(task.tokenizer, data.load_split("train", p.n_train), p.cls_seq_len)
     out = {"cores": {"trainer": trainer_core, "evaluator": eval_core}, "steps": steps,
            "eval_every": every, "n_eval": p.n_eval, "subsample": subsample,
-           "frozen_params": frozen, "variants": {}, "parallel_capacity": []}
+           "frozen_params": frozen, "variants": {}, "parallel_capacity": capacity}
     for variant in variants:
-        if variant == "inline" or variant == "inline_subsampled":  # before and after the pair timed
-            out["parallel_capacity"].append(parallel_capacity(eval_core))
+        if variant == "inline_subsampled":  # again after the pair timed (the evaluator idle by then)
+            capacity.append(parallel_capacity(eval_core))
         n_steps = steps if variant != "evaluator_dies" else min(steps, 3 * every)
         cfg = TrainConfig(steps=n_steps, lr=lr, eval_every=every, seed=seed, count_flops=False,
                           progress=False)

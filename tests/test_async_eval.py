@@ -95,3 +95,13 @@ def test_eval_schedule_and_agreement():
     b = [{"step": 5, "eval_loss": 0.7, "accuracy": 0.5}]
     assert eval_overlap.agreement(a, b) == {"snapshots": 1, "max_abs_diff_eval_loss": 0.0,
                                             "max_abs_diff_accuracy": 0.0}
+
+
+def test_the_spare_core_probe_measures_and_leaves_no_process_behind():
+    import multiprocessing
+
+    _, other = eval_overlap.cores()
+    capacity = eval_overlap.parallel_capacity(other, rounds=2)
+    # two cores at most double one core's throughput; below 0.5 the rounds were not run together
+    assert 0.5 < capacity < 2.3
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]

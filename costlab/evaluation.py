@@ -49,6 +49,16 @@ def eval_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     return loss_sum / tokens
 
 
+def accuracy_gap_se(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two accuracies, each measured on the same n examples
+    (taken as independent: an upper-side estimate). Agresti-Coull rates, (correct + 2) / (n + 4):
+    the plain p(1-p)/n is zero at 100%, as if a perfect score could not be luck."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    rates = [(x * n + 2) / (n + 4) for x in (a, b)]
+    return math.sqrt(sum(r * (1 - r) for r in rates) / (n + 4))
+
+
 def perplexity(loss: float) -> float:
     return math.exp(loss)
 

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from costlab import data, evaluation, models
@@ -71,3 +72,13 @@ def test_eval_mode_restores_the_model_mode_even_when_the_block_raises():
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError("inside")
     assert not model.training  # it was in eval mode before, and stays so
+
+
+def test_the_accuracy_gap_standard_error_is_never_zero_and_shrinks_with_n():
+    # a perfect score beside a near-perfect one is still a measurement with an error bar
+    assert evaluation.accuracy_gap_se(1.0, 0.998, 500) > 0.002
+    # sqrt(p(1-p)/n) per side at n = 10,000: about the plain binomial figure
+    assert evaluation.accuracy_gap_se(0.9, 0.8, 10_000) == pytest.approx((0.09 / 1e4 + 0.16 / 1e4) ** 0.5, rel=0.01)
+    assert evaluation.accuracy_gap_se(0.9, 0.8, 100) > evaluation.accuracy_gap_se(0.9, 0.8, 1000)
+    with pytest.raises(ValueError):
+        evaluation.accuracy_gap_se(0.9, 0.8, 0)

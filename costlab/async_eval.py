@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import data, models
-from .evaluation import eval_mode
+from .evaluation import accuracy_variance, eval_mode
 
 
 @dataclass
@@ -93,12 +93,11 @@ def accuracy_and_loss(model: nn.Module, batches: list[dict]) -> dict:
 
 def accuracy_se(p: float, n: int, population: int) -> float:
     """Standard error of an accuracy measured on n of `population` examples drawn without
-    replacement, times the finite-population correction. Agresti-Coull: the rate is taken as
-    (correct + 2) / (n + 4), because the plain sqrt(p(1-p)/n) is zero at p = 0 or 1, claiming
-    a subsample that scored 100% cannot be off at all (a full set at 98.8% says otherwise)."""
+    replacement, times the finite-population correction. Agresti-Coull
+    (`evaluation.accuracy_variance`): the plain formula is zero for a subsample that scored
+    100%, as if it could not be off at all (a full set at 98.8% says otherwise)."""
     fpc = (population - n) / (population - 1) if population > 1 else 0.0
-    adjusted = (p * n + 2) / (n + 4)
-    return math.sqrt(adjusted * (1 - adjusted) / (n + 4) * fpc)
+    return math.sqrt(accuracy_variance(p, n) * fpc)
 
 
 def changing_keys(model: nn.Module) -> set[str]:

@@ -49,14 +49,20 @@ def eval_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     return loss_sum / tokens
 
 
-def accuracy_gap_se(a: float, b: float, n: int) -> float:
-    """Standard error of the difference of two accuracies, each measured on the same n examples
-    (taken as independent: an upper-side estimate). Agresti-Coull rates, (correct + 2) / (n + 4):
-    the plain p(1-p)/n is zero at 100%, as if a perfect score could not be luck."""
+def accuracy_variance(accuracy: float, n: int) -> float:
+    """Sampling variance of an accuracy measured on n examples, Agresti-Coull: the rate taken as
+    (correct + 2) / (n + 4), because the plain p(1-p)/n is zero at 0% and 100%, as if a perfect
+    score could not be luck."""
     if n <= 0:
         raise ValueError(f"n must be > 0, got {n}")
-    rates = [(x * n + 2) / (n + 4) for x in (a, b)]
-    return math.sqrt(sum(r * (1 - r) for r in rates) / (n + 4))
+    rate = (accuracy * n + 2) / (n + 4)
+    return rate * (1 - rate) / (n + 4)
+
+
+def accuracy_gap_se(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two accuracies, each measured on the same n examples
+    (taken as independent: an upper-side estimate)."""
+    return math.sqrt(accuracy_variance(a, n) + accuracy_variance(b, n))
 
 
 def perplexity(loss: float) -> float:

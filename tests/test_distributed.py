@@ -31,11 +31,15 @@ def test_failing_rank_is_named_with_its_error_and_the_job_stopped():
         distributed.launch("tests.dist_workers:rank_one_raises", nproc=2, timeout_s=180)
     failed = caught.value
     message = str(failed)
-    assert "rank 1 (failed first): ValueError: rank one broke on purpose" in message
+    # Rank 0, waiting in a barrier, either notices its lost peer and raises, or is stopped by
+    # torchrun first: a race (`make test` here once saw "stopped"). Either way rank 1 is the cause.
+    statuses = [r.status for r in failed.reports]
+    assert statuses[1] == "error" and statuses[0] in ("error", "stopped")
+    first = " (failed first)" if statuses[0] == "error" else ""
+    assert f"rank 1{first}: ValueError: rank one broke on purpose" in message
     assert "dist_workers.py" in message  # where it raised
     assert not failed.timed_out  # torchrun noticed the failure; the timeout was not needed
     assert time.perf_counter() - started < 150
-    assert [r.status for r in failed.reports] == ["error", "error"]  # rank 0 lost its peer
     assert _all_gone(failed.pids)
 
 

@@ -4,8 +4,9 @@
     vocab = distill.domain_vocabulary(tokenizer, texts, seq_len)       # the tokens the domain uses
     student = distill.make_student(teacher, layers=1, vocab=vocab)     # teacher's layers, fewer
     targets = distill.soft_targets(teacher, train_set)                 # teacher logits, once
+    T = distill.soft_temperature(targets)                              # soft enough to teach
     train(student, data.batches({**vocab.remap(train_set), "teacher_logits": targets}, 8), cfg,
-          loss_fn=distill.kd_loss_fn(temperature=4.0, alpha=0.5))      # alpha=0: hard labels only
+          loss_fn=distill.kd_loss_fn(temperature=T, alpha=0.5))        # alpha=0: hard labels only
 
 The student follows DistilBERT (Sanh et al. 2019): the teacher's architecture with fewer blocks,
 initialized from every other teacher block. Depth alone does not shrink MiniLM much (its word
@@ -16,6 +17,7 @@ on text with new words (measure it on the held-out-vocabulary split).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -206,6 +208,34 @@ def soft_targets(teacher: nn.Module, encoded: dict[str, torch.Tensor], batch_siz
             batch.pop("labels", None)
             out.append(teacher(**batch).logits)
     return torch.cat(out)
+
+
+def median_confidence(logits: torch.Tensor, temperature: float = 1.0) -> float:
+    """Median over examples of the top class's probability at `temperature`."""
+    return float(torch.softmax(logits.double() / temperature, -1).max(-1).values.median())
+
+
+def soft_temperature(teacher_logits: torch.Tensor, *, confidence: float = 0.9) -> float:
+    """The temperature at which the teacher's median top-class probability is `confidence`.
+
+    Soft targets teach only where they are soft: "when the soft targets have high entropy, they
+    provide much more information per training case than hard targets" (Hinton et al. 2015). How
+    high T must be depends on the teacher's logit scale, which fine-tuning sets: the cpu-profile
+    teacher's median logit margin was 44, so T=4 still left its targets one-hot (0.99998) and the
+    distilled student lagged the hard-label one; T from this function (about 20) did not.
+    """
+    classes = teacher_logits.shape[-1]
+    if not 1 / classes < confidence < 1:
+        raise ValueError(f"confidence must be between 1/{classes} (a coin toss) and 1, got {confidence}")
+    if median_confidence(teacher_logits) <= confidence:
+        return 1.0  # already soft enough: T=1 is the teacher's own probabilities
+    low, high = 0.0, 12.0  # log T: e^12 flattens any logits a trained model produces
+    if median_confidence(teacher_logits, math.exp(high)) > confidence:
+        raise ValueError("the teacher's logits are too large to soften; check the teacher")
+    for _ in range(60):  # bisection: confidence falls as T rises
+        middle = (low + high) / 2
+        low, high = (middle, high) if median_confidence(teacher_logits, math.exp(middle)) > confidence else (low, middle)
+    return math.exp(high)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,

@@ -112,10 +112,11 @@ def run(job: Job, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0)
 
 def seed_spread(job: Job, plan: plans.Plan, first: dict, seeds) -> dict:
     """The eval loss of `plan` at each seed (`first`: its run at seed 0, reused) and their range:
-    how far chance alone moves one configuration's quality, the yardstick for a cut's effect."""
-    losses = {0: first["quality"]["eval_loss"]}
-    losses.update({seed: run(job, plan, seed=seed)["quality"]["eval_loss"] for seed in seeds if seed != 0})
-    return {"eval_loss_by_seed": losses, "range": max(losses.values()) - min(losses.values())}
+    how far chance alone moves one configuration's quality, the yardstick for a cut's effect.
+    "runs" holds the fresh runs' results by seed, for the ledger."""
+    runs = {seed: run(job, plan, seed=seed) for seed in seeds if seed != 0}
+    losses = {0: first["quality"]["eval_loss"], **{seed: r["quality"]["eval_loss"] for seed, r in runs.items()}}
+    return {"eval_loss_by_seed": losses, "range": max(losses.values()) - min(losses.values()), "runs": runs}
 
 
 def fast_bf16(device: hardware.Device) -> bool:

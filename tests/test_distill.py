@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
@@ -63,6 +65,20 @@ def test_kd_loss_reduces_to_cross_entropy_and_vanishes_when_the_student_copies()
     assert distill.kd_loss(t, t, y, temperature=3.0, alpha=1.0).abs() < 1e-6
     with pytest.raises(ValueError):
         distill.kd_loss_fn(temperature=0.0)
+
+
+def test_soft_temperature_softens_a_confident_teacher_to_the_asked_confidence():
+    margins = torch.tensor([10.0, 20.0, 44.0, 60.0, 80.0])
+    binary = torch.stack([torch.zeros(5), margins], 1)
+    temperature = distill.soft_temperature(binary, confidence=0.9)
+    # Two classes: p = sigmoid(margin / T), so the median margin (44) sits at logit(0.9) = ln 9.
+    assert temperature == pytest.approx(44.0 / math.log(9), rel=1e-6)
+    three = torch.randn(64, 3) * 30
+    assert distill.median_confidence(three, distill.soft_temperature(three, confidence=0.6)) == pytest.approx(0.6, abs=1e-6)
+    assert distill.soft_temperature(torch.zeros(4, 2) + torch.tensor([0.0, 0.5]), confidence=0.9) == 1.0  # soft already
+    for confidence in (0.5, 1.0):  # a coin toss for 2 classes, or one-hot: no temperature gives either
+        with pytest.raises(ValueError, match="confidence"):
+            distill.soft_temperature(binary, confidence=confidence)
 
 
 def test_keep_blocks_finds_the_blocks_of_another_architecture():

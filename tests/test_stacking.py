@@ -38,6 +38,7 @@ def test_the_seed_reaches_the_run_and_the_spread_is_the_range_over_seeds(monkeyp
     spread = stacking.seed_spread(job, plan, {"quality": {"eval_loss": 4.5}}, seeds=(0, 1, 2))
     assert calls == [1, 2]  # seed 0's run is reused, not repeated
     assert spread["eval_loss_by_seed"] == {0: 4.5, 1: 6.0, 2: 7.0} and spread["range"] == 2.5
+    assert spread["runs"] == {1: {"quality": {"eval_loss": 6.0}}, 2: {"quality": {"eval_loss": 7.0}}}  # for the ledger
 
 
 def test_the_waterfall_adds_one_cut_per_step():

@@ -17,6 +17,8 @@ def test_a_bad_profile_name_is_a_clear_error(monkeypatch):
 def test_profiles_validate_their_sizes():
     with pytest.raises(profiles.ProfileError):
         profiles.override(profiles.get("smoke"), seeds=(0,))
+    with pytest.raises(profiles.ProfileError, match="student_examples"):  # 08's students need labels
+        profiles.override(profiles.get("smoke"), student_examples=0)
 
 
 def test_unknown_devices_get_none_not_a_guess():

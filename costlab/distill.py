@@ -221,8 +221,10 @@ def soft_temperature(teacher_logits: torch.Tensor, *, confidence: float = 0.9) -
     Soft targets teach only where they are soft: "when the soft targets have high entropy, they
     provide much more information per training case than hard targets" (Hinton et al. 2015). How
     high T must be depends on the teacher's logit scale, which fine-tuning sets: the cpu-profile
-    teacher's median logit margin was 44, so T=4 still left its targets one-hot (0.99998) and the
-    distilled student lagged the hard-label one; T from this function (about 20) did not.
+    teacher's median logit margin was 44, so at T=4 its targets still read 0.99998, one-hot. On
+    256 labelled reviews (cpu, 08) the T this returns (20.1) took the distilled student to a
+    median 0.996 where the hard-label one reached 0.844; with all 2000 labels soft targets add
+    nothing at either T (hard 1.000; distilled 0.980 at T=4, 0.994 at T=20, side runs, 3 seeds).
     """
     classes = teacher_logits.shape[-1]
     if not 1 / classes < confidence < 1:

@@ -11,6 +11,7 @@ weights and sees the same batches, so its snapshots are the same weights as the 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import torch
@@ -58,8 +59,6 @@ def parallel_capacity(other_core: int, rounds: int = 3) -> float:
     nothing). Background evaluation can only hide what a second core can take. The median of
     `rounds` rounds of both cores working at once: on the kit's 2-core CI VM, 16 probes of one
     0.07 s round each read under 1.6 cores 5 times; of three 0.2 s rounds, once."""
-    import statistics
-
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")

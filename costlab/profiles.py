@@ -54,8 +54,9 @@ class Profile:
     # Labelled reviews both students learn from: a slice of the teacher's n_train (capped there).
     # Soft targets carry what the teacher learned from all of them. With every label the
     # hard-label student matched the teacher on cpu (1.000 vs 0.998): nothing left to pass on.
-    # On 256 (cpu): hard 0.844 median (0.688-0.998), soft 0.994. Hinton et al. 2015 (section 6)
-    # made the same cut: 3% of the data, where hard labels overfit and soft targets did not.
+    # On 256 (cpu): hard 0.844 median (0.688-0.998), distilled 0.996 (0.988-1.000). Hinton et
+    # al. 2015 (section 6) made the same cut: 3% of the data, where hard labels overfit and soft
+    # targets did not.
     student_examples: int
     # 08's teacher fine-tuning learning rate: a deeper encoder needs a smaller one (the 6-block
     # MiniLM measured 0.916 test accuracy at 1e-4, 0.998 at 3e-5, 0.47 at 3e-4; 2 blocks: 0.996 at 1e-4).

@@ -200,7 +200,7 @@ def fresh_peaks(**kwargs) -> dict[bool, dict]:
     On CPU the two processes run at once (each process's peak RSS is its own, and it halves the
     wait); on a GPU one after the other, so neither crowds the other out of device memory.
     """
-    run = lambda on: isolate.isolate("costlab.checkpointing:training_peak", checkpointing=on, **kwargs)  # noqa: E731
+    run = lambda on: isolate.isolate(training_peak, checkpointing=on, **kwargs)  # noqa: E731
     if torch.cuda.is_available():
         return {on: run(on) for on in (False, True)}
     with ThreadPoolExecutor(max_workers=2) as pool:

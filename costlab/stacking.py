@@ -106,7 +106,7 @@ def run(job: Job, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0)
     initialisation and the batches' order."""
     if plan.base_dtype == "bf16":
         workloads.bf16_checkpoint(job.model)
-    return isolate.isolate("costlab.workloads:lm_training", preload=("peft",),
+    return isolate.isolate(workloads.lm_training, preload=("peft",),
                            **job.kwargs(plan, eval_before=eval_before, seed=seed))
 
 

@@ -106,13 +106,33 @@ def bf16_checkpoint(name_or_path: str):
 
 
 def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = False,
-             base_dtype: str | None = None, device: torch.device | None = None):
+             base_dtype: str | None = None, device: torch.device | None = None,
+             cut=None, quantization_config=None):
     """The model of one variant: full fine-tuning, LoRA, or LoRA on a 4-bit NF4 base (QLoRA).
 
     base_dtype="bf16" keeps the frozen base in bf16: weights that are never updated need no fp32
     master copy, and under bf16 autocast no 16-bit copy is made of them at each forward pass.
     Trained weights (full fine-tuning, the adapters) stay fp32, so it needs lora_r > 0.
+    cut: a function written in the notebook, model -> model (e.g. `get_peft_model(...)`), applied
+    after loading; quantization_config: loads the base quantized (e.g. the notebook's NF4
+    `BitsAndBytesConfig`), with the CPU fixes below applied before `cut` sees it.
     """
+    if quantization_config is not None or cut is not None:
+        if lora_r or qlora or base_dtype:
+            raise ValueError("pass either a notebook's cut (cut=, quantization_config=) or the switches "
+                             "(lora_r=, qlora=, base_dtype=), not both")
+        device = device or torch.device("cpu")
+        lm, tokenizer = models.load(name, task="causal-lm", layers=layers,
+                                    quantization_config=quantization_config)
+        if quantization_config is None:
+            lm.to(device)
+        else:
+            if device.type == "cpu":
+                release_checkpoint_mapping(lm)
+            keep_4bit_trainable(lm)
+        if cut is not None:
+            lm = cut(lm)
+        return lm, tokenizer
     if base_dtype not in (None, "bf16"):
         raise ValueError(f"base_dtype must be None or 'bf16', got {base_dtype!r}")
     if base_dtype and not lora_r:
@@ -140,7 +160,7 @@ def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = Fa
     return lm, tokenizer
 
 
-def lm_training(*, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
+def lm_training(cut=None, *, quantization_config=None, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
                 batch_size: int | None = None, steps: int | None = None, lr: float = 1e-4,
                 lora_r: int = 0, qlora: bool = False, grad_checkpointing: bool = False,
                 autocast: str | None = None, optimizer: str = "adamw", compile: bool | str = False,
@@ -148,6 +168,9 @@ def lm_training(*, model: str | None = None, layers: int | None = None, seq_len:
                 quality_records: int = 0, eval_before: bool = True,
                 eval_examples: int | None = None, base_dtype: str | None = None) -> dict:
     """Fine-tune the causal LM on the review LM task; return measured cost and quality.
+
+    cut: the notebook's variant, a function model -> model applied after loading (None: full
+    fine-tuning, the baseline); quantization_config: how to load the base (QLoRA's NF4).
 
     Sizes default to the profile's. Returns {"metrics": {...}, "quality": {...}, "extra": {...}}.
     eval_before=False skips the untuned model's evaluation (the same for every variant of one
@@ -166,7 +189,8 @@ def lm_training(*, model: str | None = None, layers: int | None = None, seq_len:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     lm, tokenizer = build_lm(model or models.default_lm(), layers=layers, lora_r=lora_r, qlora=qlora,
-                             base_dtype=base_dtype, device=device)
+                             base_dtype=base_dtype, device=device, cut=cut,
+                             quantization_config=quantization_config)
     train_enc = data.encode_lm(tokenizer, data.load_split("train", p.n_train), seq_len)
     val_enc = data.encode_lm(tokenizer, data.load_split("val", eval_examples or p.n_eval), seq_len)
     val_batches = data.eval_batches(val_enc, batch_size)

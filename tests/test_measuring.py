@@ -2,6 +2,8 @@ import torch
 from torch import nn
 
 from costlab import estimate, meter
+
+from . import workers
 from costlab.train import enable_checkpointing
 
 
@@ -84,7 +86,7 @@ def test_price_labels_table_values_as_estimates(monkeypatch):
 def test_meter_reports_a_positive_memory_peak_for_an_allocation():
     from costlab.isolate import isolate
 
-    result = isolate("tests.workers:meter_allocation", mib=256)
+    result = isolate(workers.meter_allocation, mib=256)
     assert result["wall_sec"] > 0
     assert result["metered_peak_bytes"] is None or result["metered_peak_bytes"] > 200 * 2**20
 
@@ -92,7 +94,7 @@ def test_meter_reports_a_positive_memory_peak_for_an_allocation():
 def test_isolate_runs_a_variant_in_a_fresh_process_and_reports_its_peak():
     from costlab.isolate import isolate
 
-    result = isolate("tests.workers:allocate", mib=300)
+    result = isolate(workers.allocate, mib=300)
     assert result["allocated_mib"] == 300
     assert result["peak_mem_bytes"] > 250 * 2**20
     assert result["peak_mem_kind"] == "process_peak_rss_net"
@@ -104,7 +106,7 @@ def test_isolate_reports_the_workers_error():
     from costlab.isolate import IsolatedRunFailed, isolate
 
     with pytest.raises(IsolatedRunFailed, match="boom"):
-        isolate("tests.workers:fail")
+        isolate(workers.fail)
 
 
 def test_8bit_adamw_prediction_follows_bitsandbytes_small_tensor_rule():

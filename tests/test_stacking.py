@@ -31,7 +31,7 @@ def test_the_seed_reaches_the_run_and_the_spread_is_the_range_over_seeds(monkeyp
     assert job.kwargs(plan)["seed"] == 0 and job.kwargs(plan, seed=3)["seed"] == 3
     calls = []
 
-    def fake_isolate(target, preload=(), **kwargs):
+    def fake_isolate(fn, preload=(), **kwargs):
         calls.append(kwargs["seed"])
         return {"quality": {"eval_loss": 5.0 + kwargs["seed"]}}
     monkeypatch.setattr(stacking.isolate, "isolate", fake_isolate)

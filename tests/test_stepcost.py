@@ -118,8 +118,9 @@ def test_meta_device_sweep_counts_without_computing(tiny_lm_dir):
 
 def test_fresh_process_step_peak_holds_the_states(tiny_lm_dir):
     from costlab.isolate import isolate
+    from costlab.stepcost import fresh_process_step
 
-    result = isolate("costlab.stepcost:fresh_process_step", model=tiny_lm_dir, layers=None, seq_len=32,
+    result = isolate(fresh_process_step, model=tiny_lm_dir, layers=None, seq_len=32,
                      batch_size=4, steps=1)
     assert result["extra"]["peak_reset_after_load"] in (True, False)
     assert result["peak_mem_bytes"] >= result["extra"]["predicted_states_bytes"]

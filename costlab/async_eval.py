@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import data, models
+from . import data, hardware, models
 from .evaluation import accuracy_variance, eval_mode
 
 
@@ -258,7 +258,7 @@ def _evaluator_main(task: str, kwargs: dict, core: int | None, threads: int, die
         os.sched_setaffinity(0, {core})
     torch.set_num_threads(threads)
     t = load_task(task, kwargs)
-    t.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    t.model.to(hardware.training_device())
     t.evaluate(t.model)  # warm-up (first-call allocations), part of the start-up, not of a result
     results.put(("ready", None, None))
     done = 0

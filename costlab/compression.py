@@ -242,13 +242,9 @@ def load_nf4(model: nn.Module, tokenizer) -> nn.Module:
 
 def latencies(variants: dict[str, nn.Module], batch: dict, *, warmup: int = 1, repeats: int = 3,
               rounds: int = 3) -> dict[str, meter.Timing]:
-    """Inference time of one batch per variant (eval mode, no autograd), variants timed in turns."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    for m in variants.values():
-        m.eval()
-    calls = {name: (lambda m=m: m(**inputs)) for name, m in variants.items()}
-    with torch.no_grad():
-        return meter.time_interleaved(calls, warmup=warmup, repeats=repeats, rounds=rounds)
+    """Inference time of one batch per variant, variants timed in turns (`meter.inference_latencies`)."""
+    return meter.inference_latencies({name: (m, batch) for name, m in variants.items()},
+                                     warmup=warmup, repeats=repeats, rounds=rounds)
 
 
 def csr_break_even_density(value_bytes: int = 4, index_bytes: int = 8) -> float:

@@ -270,16 +270,3 @@ def kd_loss_fn(*, temperature: float = 4.0, alpha: float = 0.5) -> Callable[[nn.
 def model_bytes(model: nn.Module) -> int:
     """Bytes of the parameters and buffers: what the model weighs in memory and on disk."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-
-
-@torch.no_grad()
-def latencies(calls: dict[str, tuple[nn.Module, dict]], *, warmup: int = 2, repeats: int = 5,
-              rounds: int = 3) -> dict[str, meter.Timing]:
-    """Inference time of one forward pass of each model on its batch (eval mode, no autograd),
-    the models timed in turns so that a shared machine's load hits them alike."""
-    fns = {}
-    for name, (model, batch) in calls.items():
-        model.eval()
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
-        fns[name] = lambda m=model, x=inputs: m(**x)
-    return meter.time_interleaved(fns, warmup=warmup, repeats=repeats, rounds=rounds)

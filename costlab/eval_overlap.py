@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import data, profiles
+from . import data, hardware, profiles
 from .async_eval import TASK_TARGET, BackgroundEvaluator, classification_task, make_evaluate
 from .train import TrainConfig, train
 
@@ -125,7 +125,7 @@ def run(*, variants: list[str] = ("inline", "background"), model: str | None = N
                   if "background" in variants else None)
     task = classification_task(**task_kwargs)
     # GPU path (not yet run in the kit's CI): trainer and evaluator share GPU 0, two processes.
-    task.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    task.model.to(hardware.training_device())
     frozen = freeze_input_embeddings(task.model) if freeze_embeddings else 0
     cheap = make_evaluate(task.tokenizer, subsample=subsample,
                           **{k: task_kwargs[k] for k in ("seq_len", "n_eval", "batch_size", "seed")})

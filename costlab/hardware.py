@@ -154,6 +154,11 @@ def set_grid_intensity(g_per_kwh: float) -> None:
     _grid.append(g_per_kwh)
 
 
+def training_device() -> torch.device:
+    """Where the kit trains: the first CUDA GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def require_cuda(feature: str) -> None:
     """A clear error for a GPU-only switch used on a CPU machine."""
     if not torch.cuda.is_available():

@@ -68,6 +68,23 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, r
     return {name: Timing(statistics.median(s), tuple(s), warm[name]) for name, s in samples.items()}
 
 
+# Batch keys that are targets, not model inputs: an inference call leaves them out.
+NOT_MODEL_INPUTS = ("labels", "teacher_logits")
+
+
+@torch.no_grad()
+def inference_latencies(calls: dict[str, tuple[torch.nn.Module, dict]], *, warmup: int = 1,
+                        repeats: int = 3, rounds: int = 3) -> dict[str, Timing]:
+    """Time one forward pass of each model on its batch (eval mode, no autograd), the models timed
+    in turns (`time_interleaved`) so that a shared machine's load hits them alike."""
+    fns = {}
+    for name, (model, batch) in calls.items():
+        model.eval()
+        inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+        fns[name] = lambda m=model, x=inputs: m(**x)
+    return time_interleaved(fns, warmup=warmup, repeats=repeats, rounds=rounds)
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call (forward and, if fn calls backward, backward), counted by torch."""
     with FlopCounterMode(display=False) as counter:

@@ -186,7 +186,7 @@ def lm_training(cut=None, *, quantization_config=None, model: str | None = None,
     layers = p.lm_layers if layers is None else layers
     seq_len, batch_size = seq_len or p.seq_len, batch_size or p.batch_size
     steps = steps or (p.warmup_steps + p.timed_steps)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = hardware.training_device()
     torch.manual_seed(seed)
     lm, tokenizer = build_lm(model or models.default_lm(), layers=layers, lora_r=lora_r, qlora=qlora,
                              base_dtype=base_dtype, device=device, cut=cut,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
 
-from costlab import data, distill, models
+from costlab import data, distill, meter, models
 
 
 def _tiny_teacher(layers=4):
@@ -101,6 +101,6 @@ def test_train_student_trains_on_soft_targets_from_the_teacher():
                                             temperature=4.0, alpha=0.5, seed=0, vocab=vocab, calibration=8)
     assert len(result.points) == 3 and result.total_flops > 0
     assert models.count_params(student) < models.count_params(teacher)
-    timings = distill.latencies({"teacher": (teacher, train_set), "student": (student, vocab.remap(train_set))},
+    timings = meter.inference_latencies({"teacher": (teacher, train_set), "student": (student, vocab.remap(train_set))},
                                 warmup=0, repeats=1, rounds=1)
     assert set(timings) == {"teacher", "student"} and all(t.median_sec > 0 for t in timings.values())

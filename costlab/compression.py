@@ -185,17 +185,16 @@ def quantize_int8(model: nn.Module, *, embeddings: bool = False) -> nn.Module:
     time; fbgemm/x86 kernels on CPU) of every Linear in the transformer blocks, and optionally of the word
     embedding table (8-bit rows with their own scale and offset).
 
-    torch 2.13 still ships `torch.ao.quantization.quantize_dynamic` and its fast CPU kernels,
-    marked deprecated in favour of torchao. torchao 0.18's int8 path on CPU was slower than
-    fp32 when we measured it (a Python tensor subclass without fused int8 kernels), so the
-    kit uses torch.ao and silences its deprecation warnings here, in one place.
+    torch 2.13 still ships `torch.ao.quantization.quantize_dynamic` and its fused CPU kernels,
+    marked deprecated in favour of torchao, whose int8 path on CPU is a Python tensor subclass
+    without fused int8 kernels; so the kit uses torch.ao and silences its deprecation warnings
+    here, in one place.
     """
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
 
     # The blocks' Linear layers only (`block_linears`, what pruning acts on too): the classifier
-    # head stays fp32, as NF4 leaves it. Its few weights save nothing worth having, and quantized
-    # (per tensor) they cost 9 points of accuracy on the cpu profile's 6-block classifier (0.859
-    # -> 0.770; with the head in fp32: 0.859).
+    # head stays fp32, as NF4 leaves it. Its few weights save nothing worth having, and one
+    # per-tensor scale over a 2-row head rounds away the small margins between the classes.
     spec: dict = {name: default_dynamic_qconfig for name in block_linears(model)}
     if embeddings:
         table = backbone(model).get_input_embeddings()

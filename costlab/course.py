@@ -16,7 +16,7 @@ class Lesson:
     change: str  # baseline -> variant
     headline: str  # the measure the lesson is about
     headline_metric: str | None  # the ledger metric the report shows as the saving
-    published: str  # the published figure shown beside ours (ANCHORS.md)
+    published: str  # the published figure shown beside ours (costlab.anchors)
     source: str
 
     @property

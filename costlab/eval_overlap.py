@@ -35,8 +35,8 @@ def cores() -> tuple[int, int]:
 
 
 def _work() -> float:
-    """A fixed amount of single-thread compute (matrix products: 0.20 s on the kit's 2-core CI
-    VM, long beside the scheduler's jitter); returns its seconds."""
+    """A fixed amount of single-thread compute (180 products of 384x384 matrices, about 27 GFLOP:
+    tenths of a second on one core, long beside the scheduler's jitter); returns its seconds."""
     a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
     for _ in range(180):
@@ -57,8 +57,8 @@ def parallel_capacity(other_core: int, rounds: int = 3) -> float:
     """How many cores' worth of throughput this core and `other_core` give together (2.0: two
     independent cores; about 1.0 on a machine so busy, or so shared, that the second core adds
     nothing). Background evaluation can only hide what a second core can take. The median of
-    `rounds` rounds of both cores working at once: on the kit's 2-core CI VM, 16 probes of one
-    0.07 s round each read under 1.6 cores 5 times; of three 0.2 s rounds, once."""
+    `rounds` rounds of both cores working at once, because one short round is at the mercy of
+    the scheduler's jitter on a shared VM."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")

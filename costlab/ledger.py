@@ -1,4 +1,4 @@
-"""The results ledger: append-only JSON lines, one per measured variant (DESIGN.md schema).
+"""The results ledger: append-only JSON lines, one per measured variant (its keys: REQUIRED_KEYS below).
 
 A run killed mid-write leaves at most a torn last line; `read` skips it (and any other line
 that is not a valid record) and counts what it skipped, so earlier records are never lost.

@@ -97,9 +97,8 @@ def _rank_main(spec_path: str, out_dir: str) -> None:
         os._exit(1)  # peers may be blocked in a collective: do not wait on a clean shutdown
     if _destroy_process_group():
         # The result is written. Skip the interpreter's teardown: gloo's threads can abort it
-        # (SIGABRT, "terminate called without an active exception": 10's recipe failed so in
-        # about 1 run in 10 here, 4 of 40 even with a barrier before destroying the group; 0 of
-        # 40 with this exit), and the launcher would report a finished rank as failed.
+        # (SIGABRT, "terminate called without an active exception", even after a barrier), and
+        # the launcher would then report a finished rank as failed.
         # Only ranks of a process group: a lone worker (12's) keeps its normal exit, which also
         # reaps the processes it started.
         sys.stdout.flush()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import data, hardware, models
-from .evaluation import accuracy_variance, eval_mode
+from .evaluation import accuracy_variance, classification_scores
 
 
 @dataclass
@@ -66,29 +66,13 @@ def make_evaluate(tokenizer, *, seq_len: int, n_eval: int, batch_size: int,
 
     def evaluate(m: nn.Module) -> dict:
         t0 = time.perf_counter()
-        out = accuracy_and_loss(m, batches)
+        out = classification_scores(m, batches)  # one pass: two would double what we hide
         out["seconds"] = time.perf_counter() - t0
         if subsample is not None:
             out["accuracy_se"] = accuracy_se(out["accuracy"], out["n"], population)
         return out
 
     return evaluate
-
-
-@torch.no_grad()
-def accuracy_and_loss(model: nn.Module, batches: list[dict]) -> dict:
-    """Accuracy and mean cross-entropy in one pass (two passes would double what we hide)."""
-    with eval_mode(model):
-        device = next(model.parameters()).device
-        correct, loss_sum, n = 0, 0.0, 0
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            correct += (logits.argmax(-1) == labels).sum().item()
-            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
-            n += len(labels)
-    return {"accuracy": correct / n, "eval_loss": loss_sum / n, "n": n}
 
 
 def accuracy_se(p: float, n: int, population: int) -> float:

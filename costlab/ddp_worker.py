@@ -16,9 +16,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import meter, rank
-from .rank_job import (build_classifier, compare_params, fingerprint, global_batches,
-                       interleaved_times, loss_of, median, rank_header, shard, sizes, to_device,
-                       train_encoded)
+from .rank_job import (build_classifier, compare_params, fingerprint, global_batches, loss_of,
+                       rank_header, shard, sizes, to_device, train_encoded)
 
 
 def accumulate(model, micro_batches: list[dict]) -> None:
@@ -71,10 +70,12 @@ def run(*, model: str | None = None, layers: int | None = None, seq_len: int | N
     mine = lambda: to_device(shard(next(stream), ctx.rank, n), ctx.device)  # noqa: E731
     big = global_batches(encoded, accum * b, seed + 2)
     whole = lambda: to_device(next(big), ctx.device)  # noqa: E731
-    times = interleaved_times(_step_kinds(ddp, optimizer, mine, whole, accum, n),
-                              warmup=z["warmup"], rounds=z["rounds"])
-    out["step_time_sec"] = {name: median(t) for name, t in times.items()}
-    out["step_samples_sec"] = times
+    # One step of each kind per round, in turns; every rank runs the same sequence, so the
+    # collectives stay matched across ranks.
+    timings = meter.time_interleaved(_step_kinds(ddp, optimizer, mine, whole, accum, n),
+                                     warmup=z["warmup"], repeats=1, rounds=z["rounds"])
+    out["step_time_sec"] = {name: t.median_sec for name, t in timings.items()}
+    out["step_samples_sec"] = {name: list(t.samples_sec) for name, t in timings.items()}
     out["fingerprint"] = fingerprint(net)
     # 3. Memory an accumulation micro-batch keeps for backward vs one big batch (per rank).
     out["activation_bytes"] = {"micro_batch": _saved_bytes(net, mine())}

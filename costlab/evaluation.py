@@ -21,18 +21,25 @@ def eval_mode(model: torch.nn.Module):
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, batches: list[dict]) -> float:
-    """Share of examples whose argmax logit is the label (a sequence classifier)."""
+def classification_scores(model: torch.nn.Module, batches: list[dict]) -> dict:
+    """Accuracy (argmax logit == label) and mean cross-entropy of a sequence classifier, in one
+    pass, with the number of examples."""
     with eval_mode(model):
         device = next(model.parameters()).device
-        correct = total = 0
+        correct, loss_sum, n = 0, 0.0, 0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             logits = model(**batch).logits
             correct += (logits.argmax(-1) == labels).sum().item()
-            total += len(labels)
-    return correct / total
+            loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+            n += len(labels)
+    return {"accuracy": correct / n, "eval_loss": loss_sum / n, "n": n}
+
+
+def accuracy(model: torch.nn.Module, batches: list[dict]) -> float:
+    """Share of examples whose argmax logit is the label (a sequence classifier)."""
+    return classification_scores(model, batches)["accuracy"]
 
 
 @torch.no_grad()

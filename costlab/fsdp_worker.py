@@ -15,8 +15,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import meter, models, rank
-from .rank_job import (build_classifier, global_batches, interleaved_times, loss_of, median,
-                       rank_header, shard, sizes, to_device, train_encoded)
+from .rank_job import (build_classifier, global_batches, loss_of, rank_header, shard, sizes,
+                       to_device, train_encoded)
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -111,14 +111,16 @@ def run(*, model: str | None = None, layers: int | None = None, seq_len: int | N
         opt.zero_grad(set_to_none=True)
         losses[strategy].append(loss.detach())
 
-    times = interleaved_times({k: (lambda k=k: step(k)) for k in wrapped}, warmup=z["warmup"],
-                              rounds=z["rounds"])
+    # In turns, the same sequence on every rank (so the collectives stay matched).
+    timings = meter.time_interleaved({k: (lambda k=k: step(k)) for k in wrapped}, warmup=z["warmup"],
+                                     repeats=1, rounds=z["rounds"])
     for strategy in wrapped:  # one more step each, untimed, to count the bytes held
         step(strategy, measure=True)
     out = {**rank_header(ctx), "n_params": n_params, "n_tensors": n_tensors,
            "root_params": n_params - block_params,
            "batch_size": z["batch_size"], "held_bytes": held,
-           "step_time_sec": {k: median(t) for k, t in times.items()}, "step_samples_sec": times,
+           "step_time_sec": {k: t.median_sec for k, t in timings.items()},
+           "step_samples_sec": {k: list(t.samples_sec) for k, t in timings.items()},
            "loss": {k: _global_mean(v) for k, v in losses.items()}}
     out["collective_sec"] = {k: collective_seconds(k, n_params, n_params - block_params, ctx.device,
                                                    z["rounds"]) for k in wrapped}

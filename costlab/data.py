@@ -21,7 +21,7 @@ def load_split(split: str, limit: int | None = None) -> list[dict]:
     """One split of the shipped review set (generated into data/reviews/ by costlab.reviews)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    path = reviews.DATA_DIR / f"{split}.jsonl"
+    path = reviews.data_dir() / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path.name} is missing; regenerate it with `python -m costlab data`")
     return load_records(path, limit=limit)

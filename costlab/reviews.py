@@ -19,7 +19,28 @@ from pathlib import Path
 SEED = 1234
 SPLIT_SIZES = {"train": 4000, "val": 500, "test": 500, "test_heldout": 500}
 NOISE_FRACTION = 0.2  # share of train labels flipped in train_noisy
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "reviews"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "reviews"  # in a clone of the repository
+
+
+def data_dir() -> Path:
+    """The review splits: the repository's data/reviews/ in a clone; for a kit installed with
+    `pip install` (no data/ beside the package), the same files generated once from the seed
+    into the user cache (deterministic: byte-identical to the shipped ones)."""
+    if (DATA_DIR / "train.jsonl").exists():
+        return DATA_DIR
+    from filelock import FileLock
+
+    from .models import cache_dir
+
+    target = cache_dir() / f"reviews-seed{SEED}"
+    if not (target / "train.jsonl").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock", timeout=600):
+            if not (target / "train.jsonl").exists():
+                tmp = target.with_name(target.name + ".tmp")
+                write(tmp)
+                tmp.rename(target)
+    return target
 
 PRODUCTS = ["phone", "laptop", "blender", "headset", "camera", "kettle", "monitor", "backpack",
             "vacuum", "speaker", "watch", "keyboard", "router", "printer", "drone", "lamp"]

@@ -137,3 +137,16 @@ def test_every_manifest_notebook_is_committed_without_outputs():
         dirty = [c for c in nb.cells if c.cell_type == "code" and (c.outputs or c.execution_count)]
         assert not dirty, f"{lesson.name} has outputs committed"
         assert "trust_remote_code=True" not in lesson.path.read_text()
+
+
+def test_an_installed_kit_without_data_folder_generates_the_same_splits_in_the_cache(tmp_path, monkeypatch):
+    """`pip install` ships the package, not data/: the splits are generated once into the cache."""
+    monkeypatch.setattr(reviews, "DATA_DIR", tmp_path / "no-clone" / "reviews")
+    monkeypatch.setenv("COSTLAB_CACHE", str(tmp_path / "cache"))
+    folder = reviews.data_dir()
+    assert folder.parent == tmp_path / "cache"
+    for name in ("train.jsonl", "test_heldout.jsonl"):
+        clone_copy = Path(reviews.__file__).resolve().parent.parent / "data" / "reviews" / name
+        assert (folder / name).read_bytes() == clone_copy.read_bytes()
+    (folder / "val.jsonl").write_text((folder / "val.jsonl").read_text().replace("great", "GREAT"))
+    assert any("GREAT" in r["text"] for r in data.load_split("val")), "load_split must read the generated folder"

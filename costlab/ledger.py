@@ -2,6 +2,10 @@
 
 A run killed mid-write leaves at most a torn last line; `read` skips it (and any other line
 that is not a valid record) and counts what it skipped, so earlier records are never lost.
+
+Claims (costlab.expect) are lines of their own kind, `"kind": "claim"`, beside the variants:
+notebook, profile, device, run_id, provenance and the claim (text, value, threshold, direction,
+margin, status, asserted). `read` returns variant records only, as before; `read_claims` the claims.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from .provenance import provenance
 SCHEMA_VERSION = 1
 RESULTS_ENV = "COSTLAB_RESULTS"
 REQUIRED_KEYS = ("schema_version", "notebook", "variant", "profile", "device", "metrics", "provenance")
+CLAIM_KIND = "claim"
+CLAIM_KEYS = ("schema_version", "kind", "notebook", "profile", "device", "claim", "provenance")
 
 
 def results_dir() -> Path:
@@ -59,6 +65,13 @@ def make_record(notebook: str, variant: str, *, metrics_: dict, quality: dict | 
     }
 
 
+def make_claim_record(notebook: str, claim: dict, *, profile: str, run_id: str | None = None) -> dict:
+    """One claim's ledger line (see the module docstring); `claim` is expect.Claim.as_dict()."""
+    return {"schema_version": SCHEMA_VERSION, "kind": CLAIM_KIND, "notebook": notebook, "profile": profile,
+            "device": hardware.device_record(), "claim": dict(claim), "run_id": run_id,
+            "provenance": provenance()}
+
+
 def append(record: dict, path: str | Path | None = None) -> dict:
     """Append one record as one line; a single write + fsync so a crash tears at most this line."""
     target = Path(path) if path else default_path()
@@ -91,11 +104,18 @@ class ReadReport:
     records: list[dict] = field(default_factory=list)
     skipped_malformed: int = 0  # torn or non-JSON lines
     skipped_foreign: int = 0  # JSON, but not a costlab record of a schema we know
+    claims: list[dict] = field(default_factory=list)  # claim lines (kind "claim"), in file order
 
 
 def is_record(obj) -> bool:
     return (isinstance(obj, dict) and all(k in obj for k in REQUIRED_KEYS)
             and obj.get("schema_version") == SCHEMA_VERSION and isinstance(obj.get("metrics"), dict))
+
+
+def is_claim(obj) -> bool:
+    return (isinstance(obj, dict) and obj.get("kind") == CLAIM_KIND and all(k in obj for k in CLAIM_KEYS)
+            and obj.get("schema_version") == SCHEMA_VERSION and isinstance(obj.get("claim"), dict)
+            and isinstance(obj["claim"].get("text"), str))
 
 
 def read_report(path: str | Path) -> ReadReport:
@@ -114,6 +134,8 @@ def read_report(path: str | Path) -> ReadReport:
                 continue
             if is_record(obj):
                 report.records.append(obj)
+            elif is_claim(obj):
+                report.claims.append(obj)
             else:
                 report.skipped_foreign += 1
     return report
@@ -124,6 +146,11 @@ def read(path: str | Path | None = None) -> list[dict]:
     return read_report(path or default_path()).records
 
 
+def read_claims(path: str | Path | None = None) -> list[dict]:
+    """The ledger's claim lines as dicts (kind "claim"), skipping everything else."""
+    return read_report(path or default_path()).claims
+
+
 def merge(paths, out: str | Path) -> ReadReport:
     """Combine several learners' ledgers into one file (workshop); bad lines are counted, not fatal."""
     merged = ReadReport()
@@ -132,15 +159,16 @@ def merge(paths, out: str | Path) -> ReadReport:
         part = read_report(p)
         merged.skipped_malformed += part.skipped_malformed
         merged.skipped_foreign += part.skipped_foreign
-        for rec in part.records:
-            key = json.dumps(rec, sort_keys=True)
-            if key not in seen:  # the same ledger handed in twice counts once
-                seen.add(key)
-                merged.records.append(rec)
+        for kept, lines in ((merged.records, part.records), (merged.claims, part.claims)):
+            for rec in lines:
+                key = json.dumps(rec, sort_keys=True)
+                if key not in seen:  # the same ledger handed in twice counts once
+                    seen.add(key)
+                    kept.append(rec)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for rec in merged.records:
+        for rec in merged.records + merged.claims:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
     return merged
 

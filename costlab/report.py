@@ -15,7 +15,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from . import anchors, course, headline, ledger, metrics, report_plots
+from . import anchors, claims, course, headline, ledger, metrics, report_plots
 from .headline import CutResult, Group, QualityDelta
 
 STYLE = """
@@ -167,6 +167,46 @@ def _across(groups: list[Group]) -> str:
             f'<table><thead><tr><th>lesson</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
+def _margin(claim: dict) -> str:
+    m = claim.get("margin")
+    if not isinstance(m, (int, float)):
+        return "—"
+    cls = "failed" if m < 0 else "costs-more" if m < claims.FRAGILE_MARGIN else "saving"
+    return f'<span class="{cls}">{m:+.0%}</span>'
+
+
+def _claims_section(lines: list[dict]) -> str:
+    """Each notebook's newest claims per machine (value, threshold, margin), then the claims
+    that failed on some machine and where they held."""
+    if not lines:
+        return ('<section id="claims"><h2>Claims</h2><p>No claim lines in the ledger (each notebook '
+                "writes its claims when it runs <code>s.checks.verify()</code>).</p></section>")
+    rows = []
+    for (where, notebook), found in sorted(claims.latest(claims.numbered(lines)).items()):
+        for line in found:
+            c = line["claim"]
+            status = c.get("status", "") + ("" if c.get("asserted", True) else " (reported)")
+            threshold = c.get("threshold")
+            bound = "" if threshold is None else f"{'≥' if c.get('direction') == 'at_least' else '≤'} {threshold:.4g}"
+            rows.append(f'<tr data-lesson="{_e(notebook)}" data-status="{_e(c.get("status"))}"><td>{_e(where)}</td>'
+                        f"<td>{_e(notebook)}</td><td>{_e(c.get('text'))}</td><td>{_e(c.get('measured'))}</td>"
+                        f'<td>{_e(bound)}</td><td>{_margin(c)}</td><td class="{"failed" if c.get("status") == "FAILED" else ""}">'
+                        f"{_e(status)}</td></tr>")
+    failed = claims.failures(lines)
+    fail_rows = "".join(
+        f'<tr class="claim-failed" data-lesson="{_e(f.notebook)}"><td>{_e(f.notebook)}</td><td>{_e(f.text)}</td><td>'
+        + "<br>".join(f"{_e(w)}: {_e(m)}" for w, m in f.failed_on.items())
+        + f"</td><td>{_e(', '.join(f.held_on) or '—')}</td></tr>" for f in failed)
+    failures = (f"<h3>Claims that failed on some machine</h3><table class='claims-failed'><thead><tr><th>notebook</th>"
+                f"<th>claim</th><th>failed on (measured)</th><th>held on</th></tr></thead><tbody>{fail_rows}</tbody></table>"
+                if failed else "<p>Every claim held on every machine (newest run of each notebook).</p>")
+    return (f'<section id="claims"><h2>Claims</h2><p>Margin: how far inside its floor or bound a claim was, as a '
+            f"share of it (negative: it failed; under {claims.FRAGILE_MARGIN:.0%}: it may fail on the next run). "
+            f"Newest run of each notebook on each machine.</p>{failures}<table class='claims'><thead><tr><th>machine · profile</th>"
+            f"<th>notebook</th><th>claim</th><th>measured</th><th>threshold</th><th>margin</th><th>status</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></section>")
+
+
 def _course_run(state: dict | None) -> str:
     """Per-notebook status and run time of the last `make course` on this machine."""
     if not state:
@@ -231,9 +271,10 @@ def build(read: ledger.ReadReport, state: dict | None = None, title: str = "cost
 baseline, measured on the hardware named in the row, with the quality change of the same pair
 beside it and the published figure (not measured here) for comparison. All measured numbers
 come from the ledger.</p>
-<ul>{nav}<li><a href="#course-run">course run</a></li><li><a href="#provenance">provenance</a></li></ul>
+<ul>{nav}<li><a href="#claims">claims</a></li><li><a href="#course-run">course run</a></li><li><a href="#provenance">provenance</a></li></ul>
 {_across(groups) if len(groups) > 1 else ""}
 {sections}
+{_claims_section(read.claims)}
 {_course_run(state)}
 {_provenance(read.records, read, outside)}
 </body></html>

@@ -49,6 +49,7 @@ class Session:
 def start(notebook: str, profile: str | None = None) -> Session:
     lesson = course.lesson(notebook)
     session = Session(lesson.name, profiles.get(profile), hardware.detect(), Checks(lesson.name))
+    session.checks.session = session  # verify() writes each claim to the ledger under this run's id
     d = session.device
     memory = f"{d.memory_bytes / 2**30:.0f} GiB" if d.memory_bytes else "unknown memory"
     print(f"{lesson.name} | profile {session.profile.name} | {d.kind}: {d.name} x{d.count}, {memory} | "

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.costlab-installed
 
-.PHONY: setup course report test test-solutions lab readme doctor clean-results
+.PHONY: setup course report test test-solutions test-pip-install lab readme doctor clean-results
 
 setup: $(STAMP)
 
@@ -35,6 +35,24 @@ test: $(STAMP)
 test-solutions: $(STAMP)
 	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke $(VENV)/bin/pytest -q -o addopts="--nbval-lax -p no:cacheprovider" \
 		notebooks/solutions
+
+# A learner's path without make: a fresh venv that already has torch, `pip install .`, the
+# models by the kit's own command, then one notebook at smoke. Fails if pip replaced that torch.
+PIP_VENV ?= /tmp/costlab-pip-install-check
+PIP_NOTEBOOK ?= notebooks/03_warm_start.ipynb
+test-pip-install:
+	rm -rf $(PIP_VENV) && $(PYTHON) -m venv $(PIP_VENV)
+	$(PIP_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(PIP_VENV)/bin/python -c "import torch; print(torch.__version__)" > $(PIP_VENV)/torch-before
+	$(PIP_VENV)/bin/python -m pip install --quiet ".[dev]"
+	$(PIP_VENV)/bin/python -m costlab install-models
+	$(PIP_VENV)/bin/python -c "import torch; print(torch.__version__)" | cmp - $(PIP_VENV)/torch-before \
+		|| { echo "pip install . replaced the environment's torch"; exit 1; }
+	cd /tmp && $(PIP_VENV)/bin/python -c "import costlab, sys; print('costlab from', costlab.__file__); \
+		sys.exit('site-packages' not in costlab.__file__)"
+	cd /tmp && $(PIP_VENV)/bin/python -m costlab doctor
+	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke COSTLAB_RESULTS=$(PIP_VENV)/results \
+		$(PIP_VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax $(PIP_NOTEBOOK)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

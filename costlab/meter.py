@@ -170,26 +170,33 @@ def reset_peak_rss() -> bool:
 
 
 class EnergyCounter:
-    """NVML's cumulative energy counter (mJ) on GPU 0; `None` where it cannot be read."""
+    """NVML's cumulative energy counters (mJ), summed over every visible GPU: a job on N GPUs
+    (DDP, FSDP) spends energy on all of them. `None` where they cannot be read. Not yet run on
+    a GPU machine: tested against a stand-in for NVML."""
 
-    def __init__(self) -> None:
-        self._handle = None
-        if torch.cuda.is_available():
-            try:
-                import pynvml
+    def __init__(self, nvml=None) -> None:
+        self._nvml, self._handles = None, []
+        if nvml is None and not torch.cuda.is_available():
+            return
+        try:
+            if nvml is None:
+                import pynvml as nvml
+            nvml.nvmlInit()
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+            for handle in handles:
+                nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            self._nvml, self._handles = nvml, handles
+        except Exception:  # no NVML, or a GPU without the counter (pre-Volta)
+            self._nvml, self._handles = None, []
 
-                pynvml.nvmlInit()
-                self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-                pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
-            except Exception:  # no NVML, or a GPU without the counter (pre-Volta)
-                self._handle = None
+    @property
+    def gpus(self) -> int:
+        return len(self._handles)
 
     def read_j(self) -> float | None:
-        if self._handle is None:
+        if not self._handles:
             return None
-        import pynvml
-
-        return pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+        return sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles) / 1000.0
 
 
 def price(seconds: float, energy_j: float | None = None,

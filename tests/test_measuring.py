@@ -126,3 +126,38 @@ def test_8bit_adamw_prediction_follows_bitsandbytes_small_tensor_rule():
         full = estimate.optimizer_bytes_for([q.numel() for q in params], "adamw")
         assert (predicted < full / 2) is saves
         assert measured == predicted, (width, measured, predicted)  # scales and shared maps included
+
+
+def test_the_energy_counter_sums_every_gpu_a_job_used():
+    """NVML reads one GPU per handle: a job on N GPUs must count all N (it read GPU 0 alone)."""
+    from costlab.meter import EnergyCounter
+
+    class FakeNVML:  # two GPUs whose counters stand at 1000 and 3000 mJ, then move by 500 and 700
+        readings = {0: [1000, 1500], 1: [3000, 3700]}
+
+        def nvmlInit(self):
+            pass
+
+        def nvmlDeviceGetCount(self):
+            return 2
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+            values = self.readings[handle]
+            return values.pop(0) if len(values) > 1 else values[0]
+
+    counter = EnergyCounter(nvml=FakeNVML())
+    assert counter.gpus == 2
+    assert counter.read_j() == (1500 + 3700) / 1000.0  # the probe read once at start-up
+
+
+def test_no_nvml_means_no_energy_reading():
+    from costlab.meter import EnergyCounter
+
+    class Broken:
+        def nvmlInit(self):
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    assert EnergyCounter(nvml=Broken()).read_j() is None

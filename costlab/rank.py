@@ -46,7 +46,7 @@ def context() -> Context:
     local = int(os.environ.get("LOCAL_RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
-    # GPU path (not yet run in this kit's CI): one GPU per local rank.
+    # GPU path (not yet run on GPUs): one GPU per local rank.
     cuda = os.environ.get(DEVICE_ENV, job_device(world)) == "cuda"
     return Context(rank, world, local, torch.device(f"cuda:{local}") if cuda else torch.device("cpu"), backend)
 
@@ -110,7 +110,7 @@ def _init_process_group(timeout_s: float) -> None:
     import torch.distributed as dist
 
     backend = backend_for(os.environ.get(DEVICE_ENV, "cpu"))
-    if backend == "nccl":  # GPU path: one GPU per local rank (not yet run in this kit's CI)
+    if backend == "nccl":  # GPU path: one GPU per local rank (not yet run on GPUs)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 

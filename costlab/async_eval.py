@@ -7,7 +7,8 @@
 The trainer keeps each snapshot until its result arrives. If the evaluator process dies, training
 goes on, the death is reported in `events`, and `finish` evaluates the snapshots still without
 a result in the trainer: no result is lost. On CPU the evaluator is pinned to a core of its own;
-on a GPU it is a separate process on the same device (that path is not yet measured on a GPU, and time-slices the device: see eval_overlap.summary).
+on a GPU it is a separate process on the same device, which time-slices it (not yet measured on
+a GPU; see eval_overlap.summary for how it is priced).
 """
 from __future__ import annotations
 

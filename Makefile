@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m costlab course $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
+	$(PY) -m costlab course $(if $(ONLY),--only $(ONLY)) $(if $(TRACK),--track $(TRACK)) $(if $(FORCE),--force)
 
 # report.html from the ledger under COSTLAB_RESULTS, without running a notebook (make course
 # writes it too, at the end).

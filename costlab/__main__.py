@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("course", help="execute the notebooks and write results (make course)")
     run.add_argument("--only", nargs="*", help="lessons to run, e.g. 02 04_gradient_checkpointing")
     run.add_argument("--force", action="store_true", help="rerun notebooks already executed")
+    run.add_argument("--track", help="a named subset of the lessons, e.g. workshop (see WORKSHOP.md)")
     run.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     rep = sub.add_parser("report", help="write report.html from the ledger under COSTLAB_RESULTS")
     rep.add_argument("--results", type=Path, help="results directory (default: COSTLAB_RESULTS or results/)")
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import run_course
 
         try:
-            state = run_course(args.only, args.force, report=not args.no_report)
+            only = args.only
+            if args.track:
+                from . import course
+
+                only = [*(only or []), *course.track(args.track)]
+            state = run_course(only, args.force, report=not args.no_report)
         except KeyboardInterrupt:
             return 130  # the shell's code for Ctrl-C; what ran is saved and the next run resumes
         return 1 if any(v["status"] != "ok" for v in state.values()) else 0

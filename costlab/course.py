@@ -85,6 +85,19 @@ LESSONS: tuple[Lesson, ...] = (
 )
 
 
+# Named subsets of the course: `make course TRACK=workshop` runs just these (WORKSHOP.md says
+# why these and how long each took here).
+TRACKS: dict[str, tuple[str, ...]] = {
+    "workshop": ("00", "02", "04", "12"),
+}
+
+
+def track(name: str) -> list[str]:
+    if name not in TRACKS:
+        raise KeyError(f"no track {name!r}; tracks: {', '.join(TRACKS)}")
+    return list(TRACKS[name])
+
+
 def lesson(name: str) -> Lesson:
     for item in LESSONS:
         if name in (item.name, item.number, item.slug):

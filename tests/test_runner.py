@@ -89,3 +89,21 @@ def test_only_accepts_spaces_commas_and_lists():
     assert split_names(["02,04_gradient_checkpointing"]) == split_names(["02 04_gradient_checkpointing"]) \
         == split_names(["02", "04_gradient_checkpointing"]) == ["02", "04_gradient_checkpointing"]
     assert split_names(None) == [] and split_names([" , "]) == []
+
+
+def test_every_track_names_lessons_that_exist():
+    from costlab import course
+
+    for name, numbers in course.TRACKS.items():
+        assert numbers, name
+        for number in course.track(name):
+            assert course.lesson(number).path.exists(), (name, number)
+
+
+def test_an_unknown_track_names_the_tracks():
+    import pytest
+
+    from costlab import course
+
+    with pytest.raises(KeyError, match="tracks: workshop"):
+        course.track("weekend")

@@ -1,13 +1,15 @@
 """Fine-tune, don't pretrain (notebook 01): the same encoder, pretrained or randomly initialized,
 fine-tuned on the review set with the same recipe, raced to a target accuracy.
 
-    race = transfer.Race.from_profile(p)
-    pre = transfer.run_arm(race, pretrained=True, seed=0)                  # runs to the target
-    scr = transfer.run_arm(race, pretrained=False, seed=0,
-                           max_flops=race.budget_multiple * pre.flops_to_target)   # 5x its budget
+The notebook writes how each arm's model is built (a function `seed -> model`):
 
-The switch is `pretrained=` alone: architecture, head, data order, learning rate and batch are
-the same. FLOPs are counted per step (FlopCounterMode) and summed; seconds exclude evaluation.
+    def pretrained(seed): return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    def scratch(seed):    return AutoModelForSequenceClassification.from_config(config)
+    pre, scr = transfer.race_one_seed(race, seed, pretrained=pretrained, scratch=scratch, tokenizer=tok)
+
+The pretrained arm runs to the target; the scratch arm then gets `race.budget_multiple` times
+the FLOPs it spent. Everything else (data order, learning rate, batch, evaluation) is shared.
+FLOPs are counted per step (FlopCounterMode) and summed; seconds exclude evaluation.
 `PRETRAINING` holds published token counts for the bill that fine-tuning skips (6·N·D).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -54,7 +57,7 @@ class MeanPoolClassifier(nn.Module):
 
 def build(*, pretrained: bool, layers: int | None, seed: int = 0, model: str | None = None):
     """(classifier, tokenizer): the encoder (`COSTLAB_ENCODER` or MiniLM), pretrained weights or
-    the same architecture drawn at random, with a mean-pooling head."""
+    the same architecture drawn at random, with a mean-pooling head (the exercises' helper)."""
     encoder, tokenizer = models.load(model or models.default_encoder(), task="encoder", layers=layers,
                                      pretrained=pretrained, seed=seed)
     return MeanPoolClassifier(encoder, seed=seed), tokenizer
@@ -91,7 +94,7 @@ class Race:
 @dataclass
 class Arm:
     """One fine-tuning run and what it reached."""
-    pretrained: bool
+    name: str  # "pretrained" or "scratch"
     seed: int
     result: TrainResult
     total_params: int
@@ -102,42 +105,46 @@ class Arm:
         return self.result.flops_to_target is not None
 
     @property
-    def name(self) -> str:
-        return "pretrained" if self.pretrained else "scratch"
+    def pretrained(self) -> bool:
+        return self.name == "pretrained"
 
 
 def _encoded(tokenizer, split: str, limit: int, seq_len: int) -> dict[str, torch.Tensor]:
     return data.encode_classification(tokenizer, data.load_split(split, limit), seq_len)
 
 
-def run_arm(race: Race, *, pretrained: bool, seed: int, steps: int | None = None,
-            progress: bool = False) -> Arm:
-    """Fine-tune until the validation accuracy reaches the target or `steps` (default
-    `race.max_steps`) run out; then measure the final model on val, test and test_heldout."""
-    model, tokenizer = build(pretrained=pretrained, layers=race.layers, seed=seed)
+def run_arm(race: Race, make_model: Callable[[int], nn.Module], tokenizer, *, seed: int,
+            name: str = "pretrained", steps: int | None = None, progress: bool = False) -> Arm:
+    """Fine-tune `make_model(seed)` until the validation accuracy reaches the target or `steps`
+    (default `race.max_steps`) run out; then measure the final model on val, test and test_heldout."""
+    torch.manual_seed(seed)  # the new head's weights: the same draw for both arms
+    model = make_model(seed)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # classifiers find the last real token by it
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # train() follows the model's device
     train_set = _encoded(tokenizer, "train", race.n_train, race.seq_len)
-    splits = {name: data.eval_batches(_encoded(tokenizer, name, race.n_eval, race.seq_len), EVAL_BATCH)
-              for name in ("val", "test", "test_heldout")}
+    splits = {split: data.eval_batches(_encoded(tokenizer, split, race.n_eval, race.seq_len), EVAL_BATCH)
+              for split in ("val", "test", "test_heldout")}
     cfg = TrainConfig(steps=steps or race.max_steps, lr=race.lr, eval_every=race.eval_every,
                       target=race.target, seed=seed, progress=progress)
     result = train(model, data.batches(train_set, race.batch_size, seed=seed), cfg,
                    evaluate=lambda m: evaluation.accuracy(m, splits["val"]))
-    accuracy = {name: evaluation.accuracy(model, batches) for name, batches in splits.items()}
-    return Arm(pretrained, seed, result, models.count_params(model), accuracy)
+    accuracy = {split: evaluation.accuracy(model, batches) for split, batches in splits.items()}
+    return Arm(name, seed, result, models.count_params(model), accuracy)
 
 
-def race_one_seed(race: Race, seed: int, progress: bool = False) -> tuple[Arm, Arm]:
+def race_one_seed(race: Race, seed: int, *, pretrained: Callable[[int], nn.Module],
+                  scratch: Callable[[int], nn.Module], tokenizer, progress: bool = False) -> tuple[Arm, Arm]:
     """The pretrained arm runs to the target; the scratch arm then gets `budget_multiple` times
     the FLOPs the pretrained arm spent (every step has the same shape and architecture, so the
     same FLOPs: the budget is a step count)."""
-    pre = run_arm(race, pretrained=True, seed=seed, progress=progress)
+    pre = run_arm(race, pretrained, tokenizer, seed=seed, name="pretrained", progress=progress)
     spent = pre.result.flops_to_target or pre.result.total_flops
     steps = max(1, math.floor(race.budget_multiple * spent / pre.result.flops_per_step))
-    scratch = run_arm(race, pretrained=False, seed=seed, steps=steps, progress=progress)
-    if scratch.result.flops_per_step != pre.result.flops_per_step:
+    scr = run_arm(race, scratch, tokenizer, seed=seed, name="scratch", steps=steps, progress=progress)
+    if scr.result.flops_per_step != pre.result.flops_per_step:
         raise AssertionError("the two arms' steps should cost the same FLOPs")
-    return pre, scratch
+    return pre, scr
 
 
 def flops_ratio(pre: Arm, scratch: Arm) -> float:

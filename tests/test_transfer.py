@@ -54,7 +54,7 @@ def _arm(pretrained: bool, reached_at: int | None, steps: int, flops_per_step: i
         result.steps_to_target, result.flops_to_target = reached_at, reached_at * flops_per_step
         result.seconds_to_target = reached_at * 0.1
     acc = {"val": accuracy, "test": accuracy, "test_heldout": accuracy}
-    return transfer.Arm(pretrained, 0, result, 1000, acc)
+    return transfer.Arm("pretrained" if pretrained else "scratch", 0, result, 1000, acc)
 
 
 def test_flops_ratio_and_the_censored_scratch_arm():
@@ -101,7 +101,23 @@ def tiny_encoder_dir(tmp_path, monkeypatch):
 def test_scratch_gets_exactly_the_budget_multiple_of_the_pretrained_flops(tiny_encoder_dir):
     race = transfer.Race(target=1.0, seeds=(0,), batch_size=4, max_steps=2, eval_every=1, layers=None,
                          seq_len=16, n_train=16, n_eval=8, lr=1e-3, budget_multiple=3)
-    pre, scratch = transfer.race_one_seed(race, 0)
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_encoder_dir)
+    made = []
+
+    def pretrained(seed):
+        made.append("pretrained")
+        return transfer.MeanPoolClassifier(AutoModel.from_pretrained(tiny_encoder_dir, config=config), seed=seed)
+
+    def scratch(seed):
+        made.append("scratch")
+        return transfer.MeanPoolClassifier(AutoModel.from_config(config), seed=seed)
+
+    pre, scratch_arm = transfer.race_one_seed(race, 0, pretrained=pretrained, scratch=scratch,
+                                              tokenizer=AutoTokenizer.from_pretrained(tiny_encoder_dir))
+    assert made == ["pretrained", "scratch"] and pre.pretrained and not scratch_arm.pretrained
+    scratch = scratch_arm
     spent = pre.result.flops_to_target or pre.result.total_flops
     if not scratch.reached:
         assert scratch.result.total_flops == 3 * spent

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.costlab-installed
 
-.PHONY: setup course report test test-solutions test-pip-install lab readme doctor clean-results
+.PHONY: setup course report test test-solutions test-pip-install soak lab readme doctor clean-results
 
 setup: $(STAMP)
 
@@ -53,6 +53,26 @@ test-pip-install:
 	cd /tmp && $(PIP_VENV)/bin/python -m costlab doctor
 	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke COSTLAB_RESULTS=$(PIP_VENV)/results \
 		$(PIP_VENV)/bin/pytest -q -p no:cacheprovider --nbval-lax $(PIP_NOTEBOOK)
+
+# Claims that hold every time: the smoke course SOAK_RUNS times and the lessons in SOAK_CPU
+# (e.g. SOAK_CPU=02,04) once at the cpu profile, each run into its own folder under
+# results/soak/<time>/, then each claim's smallest margin over the runs (under 10%: fragile).
+# Not part of `make test`: three smoke courses take about half an hour on 2 cores.
+SOAK_RUNS ?= 3
+SOAK_CPU ?=
+SOAK_DIR ?= results/soak/$(shell date -u +%Y%m%dT%H%M%S)
+comma := ,
+
+soak: $(STAMP)
+	@set -e; dir="$(SOAK_DIR)"; \
+	for i in $$(seq $(SOAK_RUNS)); do \
+		HF_HUB_OFFLINE=1 COSTLAB_PROFILE=smoke COSTLAB_RESULTS=$$dir/smoke-$$i $(PY) -m costlab course --force --no-report || true; \
+	done; \
+	if [ -n "$(SOAK_CPU)" ]; then \
+		HF_HUB_OFFLINE=1 COSTLAB_PROFILE=cpu COSTLAB_RESULTS=$$dir/cpu $(PY) -m costlab course --force --no-report \
+			--only $(subst $(comma), ,$(SOAK_CPU)) || true; \
+	fi; \
+	$(PY) -m costlab soak-table $$dir/*
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

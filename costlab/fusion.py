@@ -1,11 +1,12 @@
 """torch.compile, measured (notebook 05): compile seconds, eager vs compiled time after warm-up,
-speed-up, and the break-even step count; outputs compared before any timing.
+speed-up, and the break-even step count; outputs and gradients compared before any timing.
+The `torch.compile` call itself is the notebook's; this module times and compares what it made.
 
 Why fusion pays: eager PyTorch runs one kernel per operation, and each one reads its input from
-memory and writes its output back. A chain of pointwise operations (bias, GELU, dropout,
-residual add, LayerNorm) is limited by that memory traffic, not by arithmetic; TorchInductor
-fuses the chain into one loop that reads the inputs once. A matmul is already one
-well-tuned BLAS call, so a matmul-bound step has little left to fuse.
+memory and writes its output back. A chain of pointwise operations (bias, GELU, residual add,
+LayerNorm) is limited by that memory traffic, not by arithmetic; TorchInductor fuses the chain
+into one loop that reads the inputs once. A matmul is already one well-tuned BLAS call, so a
+matmul-bound step has little left to fuse.
 """
 from __future__ import annotations
 
@@ -18,40 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import meter
-
-
-class PointwiseBlock(nn.Module):
-    """What follows a transformer's matmul: bias, GELU, dropout, residual add, LayerNorm.
-
-    Five memory-bound operations in a row: eager PyTorch makes five passes over the tensor,
-    the compiler one fused loop (a few passes where LayerNorm's reduction needs them).
-    """
-
-    def __init__(self, hidden: int, dropout: float = 0.1):
-        super().__init__()
-        self.bias = nn.Parameter(torch.randn(hidden) * 0.02)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(hidden)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.norm(residual + self.dropout(F.gelu(x + self.bias)))
-
-
-class MatmulStep(nn.Module):
-    """An MLP on a small batch: two matmuls carry nearly all the work, which both eager and
-    compiled code hand to the same BLAS library (what fusion cannot speed up)."""
-
-    def __init__(self, hidden: int, expansion: int = 4):
-        super().__init__()
-        self.up = nn.Linear(hidden, expansion * hidden)
-        self.down = nn.Linear(expansion * hidden, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
 
 
 @dataclass(frozen=True)
@@ -102,38 +72,41 @@ def outputs_close(a, b, *, rtol: float = 1e-4, atol: float = 1e-5) -> tuple[bool
     ta, tb = _tensors(a), _tensors(b)
     if len(ta) != len(tb):
         return False, math.inf
+    ta, tb = [t.detach() for t in ta], [t.detach() for t in tb]
     diffs = [float((x.float() - y.float()).abs().max()) if x.numel() else 0.0 for x, y in zip(ta, tb)]
     close = all(x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol)
                 for x, y in zip(ta, tb))
     return close, max(diffs, default=0.0)
 
 
-def _cache_hits() -> int:
+def cache_hits() -> int:
+    """Inductor FX-graph cache hits so far in this process (a difference >0 around a compile: it
+    reused kernels built before, so its seconds are not a cold compile)."""
     from torch._dynamo.utils import counters
 
     return int(counters["inductor"]["fxgraph_cache_hit"])
 
 
-def compare(name: str, fn: Callable, args: tuple = (), kwargs: dict | None = None, *, mode: str | None = None,
-            warmup: int = 1, repeats: int = 5, rounds: int = 3, rtol: float = 1e-4,
-            atol: float = 1e-5) -> CompileResult:
-    """Compile `fn` (a module or function), check its output against eager, then time both.
+def eager_vs_compiled(name: str, fn: Callable, compiled: Callable, args: tuple = (), kwargs: dict | None = None,
+                      *, warmup: int = 1, repeats: int = 5, rounds: int = 3, rtol: float = 1e-4,
+                      atol: float = 1e-5) -> CompileResult:
+    """Time `compiled` (what `torch.compile(fn)` returned, not yet called) against `fn`.
 
     Runs without autograd (inference). The first compiled call is timed on its own: it
     traces, lowers and builds C++/Triton kernels. Outputs are compared before any timing, and a
-    mismatch raises: a faster wrong answer is not a speed-up.
+    mismatch raises: a faster wrong answer is not a speed-up. Then eager and compiled calls are
+    timed in turns (`meter.time_interleaved`), warm-up excluded, medians.
     """
     kwargs = kwargs or {}
-    compiled = torch.compile(fn, mode=mode)
     with torch.no_grad():
         expected = fn(*args, **kwargs)
-        hits = _cache_hits()
+        hits = cache_hits()
         meter.synchronize()
         start = time.perf_counter()
         got = compiled(*args, **kwargs)
         meter.synchronize()
         first_sec = time.perf_counter() - start
-        hits = _cache_hits() - hits
+        hits = cache_hits() - hits
         match, diff = outputs_close(expected, got, rtol=rtol, atol=atol)
         if not match:
             raise AssertionError(f"{name}: compiled output differs from eager (max |diff| {diff:.3g}); "
@@ -145,6 +118,16 @@ def compare(name: str, fn: Callable, args: tuple = (), kwargs: dict | None = Non
     return CompileResult(name, first_sec - comp, eager, comp, match, diff, hits)
 
 
+def grads_close(a: nn.Module, b: nn.Module, *, rtol: float = 1e-4, atol: float = 1e-5) -> tuple[bool, float]:
+    """Two copies of a model after one backward pass: every parameter's gradient allclose, and
+    the largest absolute difference (a parameter with a gradient on one side only fails)."""
+    pairs = list(zip(a.parameters(), b.parameters(), strict=True))
+    if any((x.grad is None) != (y.grad is None) for x, y in pairs):
+        return False, math.inf
+    pairs = [(x.grad, y.grad) for x, y in pairs if x.grad is not None]
+    return outputs_close(tuple(x for x, _ in pairs), tuple(y for _, y in pairs), rtol=rtol, atol=atol)
+
+
 def pointwise_inputs(rows: int, hidden: int, *, seed: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A (rows x hidden) activation and its residual, as the block sees them in a model."""
     g = torch.Generator().manual_seed(seed)
@@ -153,13 +136,15 @@ def pointwise_inputs(rows: int, hidden: int, *, seed: int = 0, device=None) -> t
 
 
 # Full-tensor passes through memory (a read or a write of rows x hidden fp32 values) of the
-# block in inference, where dropout is the identity. Eager: x + bias reads 1, writes 1; GELU
-# reads 1, writes 1; the residual add reads 2, writes 1; LayerNorm reads 1, writes 1 (its row
-# statistics stay in cache). Fused: read x and the residual, write the output: 3 passes when a
-# row is reduced in one go (Triton on GPU); Inductor's CPU code reads the inputs again for
-# LayerNorm's mean and variance passes: 7.
-EAGER_PASSES = 9
-FUSED_PASSES = {"one pass": 3, "stats in separate passes": 7}
+# notebook's MLP tail: x + bias, GELU in its tanh form written as tensor ops (as GPT-2's code
+# does), residual add, LayerNorm. Eager, one kernel per op: x + bias (read 1, write 1), pow (1, 1),
+# 0.044715 * (1, 1), y + (2, 1), sqrt(2/pi) * (1, 1), tanh (1, 1), 1 + (1, 1), 0.5 * y (1, 1),
+# * (2, 1), residual + (2, 1), LayerNorm (1, 1; its row statistics stay in cache): 14 reads,
+# 11 writes. Fused: read x and the residual, write the output: 3 passes when a row is reduced in
+# one go (Triton on GPU); where the statistics get their own loops, each reads both inputs again
+# (one Welford loop: 5; a mean loop and a variance loop: 7), so the prediction is a range.
+EAGER_PASSES = 25
+FUSED_PASSES = {"one pass": 3, "statistics in separate passes": 7}
 
 
 def bytes_moved(rows: int, hidden: int, passes: int = EAGER_PASSES) -> int:
@@ -178,18 +163,18 @@ def matmul_share(fn: Callable[[], object], *, repeats: int = 3) -> float:
     """Share of eager time spent inside matmul and attention kernels, from torch.profiler.
 
     Amdahl's bound follows: if fusion made everything else free, the speed-up would be at most
-    1 / share. (Self time, so a `linear` that calls `addmm` is not counted twice.)
+    1 / share. (Self time, so a `linear` that calls `addmm` is not counted twice.) `fn` runs as
+    given: wrap it in `torch.no_grad()` to profile inference, call backward in it to profile a step.
     """
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.no_grad():
-        fn()  # warm-up outside the profile
-        with _quiet_fd2(), profile(activities=activities) as prof:
-            for _ in range(repeats):
-                fn()
-            meter.synchronize()
+    fn()  # warm-up outside the profile
+    with _quiet_fd2(), profile(activities=activities) as prof:
+        for _ in range(repeats):
+            fn()
+        meter.synchronize()
     events = prof.key_averages()
     self_time = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     total = sum(self_time(e) for e in events)

@@ -38,7 +38,8 @@ class Profile:
     # Causal-LM depth where an effect grows with depth (04: the blocks' activations must outweigh
     # the LM head's logits for checkpointing to show; with 2 blocks the head dominates).
     deep_lm_layers: int | None
-    # Causal-LM depth that torch.compile compiles whole in 05 (compile time grows with the graph).
+    # Causal-LM depth whose training step torch.compile compiles whole in 05 (compile time and
+    # step time grow with the graph).
     compile_layers: int | None
     # Rows of the pointwise block 05 compiles: large enough that memory traffic, which fusion
     # cuts, dominates (a tensor that fits in cache is compute-bound, and fusion may lose there;

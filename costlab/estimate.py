@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "nf4": 0.5}
+# Storage formats that a quantized load applies to the Linear layers only (bitsandbytes).
+QUANTIZED_FORMATS = ("int8", "nf4")
 # Optimizer state bytes per trainable parameter (fp32 parameters).
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw8bit": 2, "sgd_momentum": 4, "sgd": 0}
 # torch's AdamW also keeps one fp32 `step` scalar per parameter tensor.
@@ -50,6 +52,10 @@ class ModelShape:
     vocab: int
     kv_heads: int | None = None  # grouped-query attention: key/value heads (None = heads)
     tied_embeddings: bool = True  # the LM head reuses the input embedding matrix
+    # Weights of the Linear layers that 4-bit / 8-bit loading quantizes (every nn.Linear or
+    # GPT-2 Conv1D but the LM head); embeddings, norms and biases keep their dtype. None: all
+    # but the embeddings, for a shape known only from its sizes.
+    linear_params: int | None = None
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "ModelShape":
@@ -58,7 +64,25 @@ class ModelShape:
         return cls(sum(p.numel() for p in model.parameters()), get("hidden_size", "n_embd", "d_model"),
                    get("num_hidden_layers", "n_layer"), get("num_attention_heads", "n_head"),
                    get("vocab_size"), getattr(c, "num_key_value_heads", None),
-                   bool(getattr(c, "tie_word_embeddings", True)))
+                   bool(getattr(c, "tie_word_embeddings", True)), quantizable_params(model))
+
+    def quantized_params(self) -> int:
+        """Weights that a quantized load stores in 4 or 8 bits (see `linear_params`)."""
+        if self.linear_params is not None:
+            return self.linear_params
+        return self.total_params - self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+
+def quantizable_params(model: torch.nn.Module) -> int:
+    """Weights of the Linear (and GPT-2 Conv1D) layers that bitsandbytes' 4-bit and 8-bit loading
+    replaces, counted on the unquantized model: every one but the LM head, which transformers
+    leaves in its dtype (with tied embeddings it is the input embedding itself)."""
+    from transformers.pytorch_utils import Conv1D
+
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head else None
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head)
 
 
 @dataclass(frozen=True)
@@ -142,14 +166,20 @@ def predict_memory(shape: ModelShape, *, seq_len: int, batch: int, trainable_par
     """Memory of a training step from the shape alone (for plans made before anything runs).
 
     trainable_params: all parameters by default; LoRA trains a small fraction.
-    weight_precision: the frozen base's storage ("nf4" for QLoRA), default `precision`.
+    weight_precision: the frozen base's storage, default `precision`. "bf16" stores every frozen
+    weight in bf16; a quantized load ("nf4" for QLoRA, "int8") stores only the Linear layers'
+    weights (`ModelShape.linear_params`) in that format, the rest (embeddings, norms) at `precision`.
     """
     n = shape.total_params
     trainable = n if trainable_params is None else trainable_params
     frozen = n - trainable
     master = BYTES_PER_VALUE["fp32"]  # trainable weights are kept in fp32 (mixed precision too)
-    base = BYTES_PER_VALUE[weight_precision or precision]
-    weights = trainable * master + frozen * base
+    stored = weight_precision or precision
+    if stored in QUANTIZED_FORMATS:
+        quantized, rest = min(shape.quantized_params(), frozen), precision
+    else:
+        quantized, rest = 0, stored
+    weights = trainable * master + quantized * BYTES_PER_VALUE[stored] + (frozen - quantized) * BYTES_PER_VALUE[rest]
     return MemoryEstimate(weights, trainable * master, OPTIMIZER_BYTES_PER_PARAM[optimizer] * trainable,
                           activation_bytes(shape, seq_len=seq_len, batch=batch, precision=precision,
                                            checkpointing=checkpointing))

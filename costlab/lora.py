@@ -1,8 +1,9 @@
 """LoRA measured in-process: what the adapter adds (computed from the model's own shapes), that
 merging it changes nothing, where the memory goes instead, and the checkpointing trap.
 
-The fine-tuning runs themselves (full / LoRA / QLoRA, each in a fresh process) are
-`costlab.workloads.lm_training`; this module holds what 02 shows beside them.
+The fine-tuning runs themselves (full / LoRA / QLoRA, each in a fresh process) are the
+notebook's own `lora` / `qlora` functions run by `costlab.workloads.lm_training`; this module
+holds what 02 shows beside them.
 """
 from __future__ import annotations
 
@@ -133,3 +134,16 @@ def saved_bytes_by_seq_len(model: nn.Module, batch: dict, seq_lens: list[int]) -
         rows.append({"seq_len": seq_len, "tokens": tiled["input_ids"].numel(),
                      "activation_bytes": meter.saved_tensor_bytes(lambda: model(**tiled).loss)})
     return rows
+
+
+def stored_weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights occupy as stored: parameters and buffers in their dtype, and for
+    bitsandbytes' 4-bit layers the packed weights (two values per byte) plus their block scales
+    (`quant_state.absmax`, and the scales of those scales with double quantization)."""
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+            state = state.state2 if getattr(state, "nested", False) else None
+    return total

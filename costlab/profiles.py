@@ -87,14 +87,16 @@ class Profile:
     # fits in 48 smollm2 tokens: longer only adds padding). Learning rates: full fine-tuning moves
     # every weight; LoRA's few adapter weights take ~10x larger steps (Hu et al. 2021 use 2e-4 to
     # 2e-3 where full fine-tuning used ~1e-4), and on the truncated smoke model even more.
+    lora_layers: int | None  # 02's depth: None = the whole model (smoke truncates it for speed)
     lora_seq_len: int
     lora_batch_size: int
     lora_steps: int
     lora_eval_examples: int  # validation reviews behind each variant's eval loss
     full_lr: float
     lora_lr: float
-    # 03 (warm start): optimizer steps of each embedding variant x seed (the random-embedding
-    # baseline needs the most; every variant runs the whole budget).
+    # 03 (warm start): optimizer steps of each embedding variant x seed; every variant runs the
+    # whole budget. A random table seldom reaches the held-out-vocabulary target, and its median
+    # is then this budget (a lower bound), so it must exceed twice the copies' steps.
     warm_steps: int
 
     def __post_init__(self) -> None:
@@ -124,7 +126,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=300, student_layers=1, student_steps=60, student_examples=64, teacher_lr=1e-4,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16, stack_lora_lr=3e-2,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
-        lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
+        lora_layers=2, lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
         full_lr=1e-3, lora_lr=1e-2, warm_steps=120,
         transfer_max_steps=40,
     ),
@@ -136,7 +138,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=400, student_layers=2, student_steps=150, student_examples=256, teacher_lr=3e-5,
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128, stack_lora_lr=1e-2,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
-        lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
+        lora_layers=None, lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
         full_lr=3e-4, lora_lr=3e-3, warm_steps=100,
         transfer_max_steps=150,
     ),
@@ -148,7 +150,7 @@ PROFILES: dict[str, Profile] = {
         head_steps=600, student_layers=3, student_steps=400, student_examples=512, teacher_lr=3e-5,
         stack_seq_len=128, stack_batch_size=8, stack_steps=60, stack_eval_examples=256, stack_lora_lr=3e-3,
         transfer_target=0.9, transfer_seeds=5, transfer_batch_size=32, transfer_lr=2e-4,
-        lora_seq_len=64, lora_batch_size=32, lora_steps=100, lora_eval_examples=256,
+        lora_layers=None, lora_seq_len=64, lora_batch_size=32, lora_steps=100, lora_eval_examples=256,
         full_lr=1e-4, lora_lr=1e-3, warm_steps=200,
         transfer_max_steps=400,
     ),

@@ -69,3 +69,57 @@ def test_activation_bytes_grow_with_the_sequence():
     assert [r["tokens"] for r in rows] == [16, 32, 64]
     acts = [r["activation_bytes"] for r in rows]
     assert acts[0] < acts[1] < acts[2] and acts[2] > 3 * acts[0]
+
+
+def test_nf4_prediction_leaves_the_embedding_in_its_dtype():
+    """NF4 stores only the Linear layers' weights in 4 bits: a tied embedding stays fp32. The old
+    prediction counted every frozen weight at 4 bits (total x 0.5 bytes)."""
+    from costlab import estimate
+
+    model = _llama()
+    shape = estimate.ModelShape.from_model(model)
+    total, linear = shape.total_params, estimate.quantizable_params(model)
+    blocks = sum(p.numel() for p in model.model.layers.parameters())
+    norms = sum(p.numel() for n, p in model.model.layers.named_parameters() if "norm" in n)
+    assert linear == blocks - norms  # the head is the tied embedding: not counted
+    predicted = estimate.predict_memory(shape, seq_len=1, batch=1, trainable_params=0,
+                                        weight_precision="nf4").weights_bytes
+    assert predicted == linear * 0.5 + (total - linear) * 4
+    assert predicted > 2 * total * 0.5  # the embedding is most of this tiny model
+    # bf16 is a storage dtype, not a quantized load: every frozen weight in 2 bytes
+    assert estimate.predict_memory(shape, seq_len=1, batch=1, trainable_params=0,
+                                   weight_precision="bf16").weights_bytes == total * 2
+
+
+def test_quantizable_params_count_gpt2_conv1d_and_skip_the_head():
+    from costlab import estimate
+
+    model = _gpt2()
+    per_block = sum(m.weight.numel() for n, m in model.transformer.h[0].named_modules()
+                    if n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert estimate.quantizable_params(model) == 2 * per_block
+    sized = estimate.ModelShape(total_params=1000, hidden=4, layers=1, heads=1, vocab=50)
+    assert sized.quantized_params() == 1000 - 50 * 4  # from sizes alone: all but the embedding
+
+
+def test_measured_nf4_weight_bytes_match_the_prediction(tmp_path):
+    """Loaded with bitsandbytes' NF4 (double quantization), the weights occupy the prediction plus
+    the block scales: one 8-bit scale per 64 weights (1/32 of the 4-bit bytes) and a little more."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from costlab import estimate
+
+    model = _llama()
+    model.save_pretrained(tmp_path)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=nf4)
+    except (RuntimeError, ImportError) as err:
+        pytest.skip(f"no 4-bit bitsandbytes on this device: {err}")
+    linear = estimate.quantizable_params(model)
+    predicted = estimate.predict_memory(estimate.ModelShape.from_model(model), seq_len=1, batch=1,
+                                        trainable_params=0, weight_precision="nf4").weights_bytes
+    scales = lora.stored_weight_bytes(quantized) - predicted
+    assert linear * 0.5 / 64 <= scales <= linear * 0.5 / 16

@@ -87,7 +87,9 @@ class Profile:
     # fits in 48 smollm2 tokens: longer only adds padding). Learning rates: full fine-tuning moves
     # every weight; LoRA's few adapter weights take ~10x larger steps (Hu et al. 2021 use 2e-4 to
     # 2e-3 where full fine-tuning used ~1e-4), and on the truncated smoke model even more.
-    lora_layers: int | None  # 02's depth: None = the whole model (smoke truncates it for speed)
+    # 02's depth: None = the whole model, so LoRA's quality is compared with full fine-tuning on a
+    # working model (a truncated one measures LoRA repairing the cut); smoke keeps 2 blocks for speed.
+    lora_layers: int | None
     lora_seq_len: int
     lora_batch_size: int
     lora_steps: int
@@ -138,8 +140,8 @@ PROFILES: dict[str, Profile] = {
         head_steps=400, student_layers=2, student_steps=150, student_examples=256, teacher_lr=3e-5,
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128, stack_lora_lr=1e-2,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
-        lora_layers=None, lora_seq_len=48, lora_batch_size=8, lora_steps=20, lora_eval_examples=64,
-        full_lr=3e-4, lora_lr=3e-3, warm_steps=100,
+        lora_layers=None, lora_seq_len=48, lora_batch_size=8, lora_steps=40, lora_eval_examples=64,
+        full_lr=3e-4, lora_lr=1e-2, warm_steps=100,
         transfer_max_steps=150,
     ),
     "gpu": Profile(

@@ -1,6 +1,7 @@
 """Gradient checkpointing, measured (notebook 04): what the forward pass leaves behind for
 backward, with and without recomputation; that losses and gradients do not change; the
-step-time price; and the largest batch that fits a memory budget.
+step-time price; and the largest batch that fits a memory budget. The notebook writes the
+checkpointing itself (a variant is a function model -> model); this module measures it.
 
 Why a module of its own: the bytes kept for backward under checkpointing are not all visible to
 `meter.saved_tensor_bytes`. torch's checkpoint installs its own saved-tensor hooks inside each
@@ -37,13 +38,18 @@ def is_checkpointing(model: torch.nn.Module) -> bool:
     return False
 
 
-def kept_for_backward(model: torch.nn.Module, batch: dict, *, blocks_only: bool = False) -> int:
+def kept_for_backward(model: torch.nn.Module, batch: dict, *, blocks_only: bool = False,
+                      inputs_kept: bool | None = None) -> int:
     """Bytes the forward pass keeps alive for backward (each storage once, parameters excluded).
 
     blocks_only=True: only what the transformer blocks keep (what checkpointing changes and what
     Korthikanti's formula predicts); runs the backbone without the LM head, which is faster.
     Otherwise the whole model with its loss: embeddings, blocks, final norm, head, loss.
+    inputs_kept: whether a checkpoint holds each block's input (None: read the transformers
+    switch; pass True where the blocks run under torch.utils.checkpoint some other way).
     """
+    if inputs_kept is None:
+        inputs_kept = is_checkpointing(model)
     blocks = models.transformer_blocks(model)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
@@ -62,7 +68,7 @@ def kept_for_backward(model: torch.nn.Module, batch: dict, *, blocks_only: bool 
     def enter(module, args, kwargs):
         depth[0] += 1
         x = args[0] if args else kwargs.get("hidden_states")
-        if is_checkpointing(model) and torch.is_tensor(x):
+        if inputs_kept and torch.is_tensor(x):
             keep(x)  # held by the checkpoint to rerun the block in backward
 
     def leave(module, args, output):
@@ -99,18 +105,22 @@ def loss_and_grads(model: torch.nn.Module, batch: dict, *, seed: int = 0) -> tup
     return loss.detach(), grads
 
 
-def same_result(model: torch.nn.Module, batch: dict, *, rtol: float = 1e-4, atol: float = 1e-5) -> dict:
-    """Loss and every gradient with checkpointing on vs off (allclose); the model ends as it began.
+def same_result(model: torch.nn.Module, batch: dict, *, on=None, off=None,
+                rtol: float = 1e-4, atol: float = 1e-5) -> dict:
+    """Loss and every gradient with checkpointing on vs off (allclose).
 
-    The tolerance covers float summation order only: recomputation runs the same kernels on
-    the same inputs, so any real bug (a block skipped, a wrong RNG state) shows far above it.
+    on / off: functions model -> model that switch it on / off in place (default the
+    transformers switch); the model is left off. The tolerance covers float summation order
+    only: recomputation runs the same kernels on the same inputs, so any real bug (a block
+    skipped, a wrong RNG state) shows far above it.
     """
-    before = is_checkpointing(model)
-    set_checkpointing(model, False)
+    on = on or (lambda m: set_checkpointing(m, True))
+    off = off or (lambda m: set_checkpointing(m, False))
+    off(model)
     loss_off, grads_off = loss_and_grads(model, batch)
-    set_checkpointing(model, True)
+    on(model)
     loss_on, grads_on = loss_and_grads(model, batch)
-    set_checkpointing(model, before)
+    off(model)
     grad_close = grads_off.keys() == grads_on.keys() and all(
         torch.allclose(grads_off[n], grads_on[n], rtol=rtol, atol=atol) for n in grads_off)
     return {"loss_off": float(loss_off), "loss_on": float(loss_on),
@@ -126,14 +136,6 @@ def training_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Op
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
-
-
-def with_checkpointing(model: torch.nn.Module, on: bool, fn):
-    """`fn` run with recomputation switched to `on` (for timing both variants in turns)."""
-    def run():
-        set_checkpointing(model, on)
-        return fn()
-    return run
 
 
 def lm_batch(tokenizer, batch_size: int, seq_len: int, *, split: str = "train") -> dict:
@@ -155,10 +157,12 @@ def _reset_peak() -> None:
         meter.reset_peak_rss()
 
 
-def training_peak(*, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
-                  batch_sizes: list[int] | None = None, checkpointing: bool = False,
-                  profile: str | None = None) -> dict:
+def training_peak(cut=None, *, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
+                  batch_sizes: list[int] | None = None, profile: str | None = None) -> dict:
     """Fresh-process worker for `costlab.isolate`: the peak memory of AdamW steps at each batch size.
+
+    cut: the notebook's variant, a function model -> model applied after loading (None: store
+    every activation, the baseline).
 
     Lighter than `workloads.lm_training` (no evaluation, no FLOP count, no checkpoint file):
     only what a training step holds. At the first size two steps, because the optimizer's
@@ -175,7 +179,8 @@ def training_peak(*, model: str | None = None, layers: int | None = None, seq_le
     torch.manual_seed(0)
     lm, tokenizer = models.load(model or models.default_lm(), task="causal-lm", layers=layers)
     lm.to(device)
-    set_checkpointing(lm, checkpointing)
+    if cut is not None:
+        lm = cut(lm)
     lm.train()
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-5)
     peaks = []
@@ -191,21 +196,22 @@ def training_peak(*, model: str | None = None, layers: int | None = None, seq_le
             "peak_mem_bytes": peaks[0]["peak_mem_bytes"],  # at the first (the profile's) batch size
             "peak_mem_kind": "cuda_allocator_peak" if device.type == "cuda" else "process_peak_rss_net",
             "extra": {"layers": lm.config.num_hidden_layers, "seq_len": seq_len, "peaks": peaks,
-                      "checkpointing": checkpointing}}
+                      "checkpointing": is_checkpointing(lm)}}
 
 
-def fresh_peaks(**kwargs) -> dict[bool, dict]:
-    """`training_peak` with checkpointing off and on, each in its own fresh process.
+def fresh_peaks(cuts: dict, **kwargs) -> dict[str, dict]:
+    """`training_peak` for each named variant (name -> the notebook's cut, or None), each in a
+    fresh process of its own.
 
-    On CPU the two processes run at once (each process's peak RSS is its own, and it halves the
-    wait); on a GPU one after the other, so neither crowds the other out of device memory.
+    On CPU the processes run at once (each process's peak RSS is its own, and it cuts the wait);
+    on a GPU one after the other, so none crowds another out of device memory.
     """
-    run = lambda on: isolate.isolate(training_peak, checkpointing=on, **kwargs)  # noqa: E731
+    run = lambda cut: isolate.isolate(training_peak, cut, **kwargs)  # noqa: E731
     if torch.cuda.is_available():
-        return {on: run(on) for on in (False, True)}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {on: pool.submit(run, on) for on in (False, True)}
-        return {on: f.result() for on, f in futures.items()}
+        return {name: run(cut) for name, cut in cuts.items()}
+    with ThreadPoolExecutor(max_workers=len(cuts)) as pool:
+        futures = {name: pool.submit(run, cut) for name, cut in cuts.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def uses_dropout(model: torch.nn.Module) -> bool:

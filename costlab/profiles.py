@@ -129,7 +129,7 @@ PROFILES: dict[str, Profile] = {
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16, stack_lora_lr=3e-2,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,
         lora_layers=2, lora_seq_len=48, lora_batch_size=4, lora_steps=8, lora_eval_examples=16,
-        full_lr=1e-3, lora_lr=1e-2, warm_steps=120,
+        full_lr=1e-3, lora_lr=1e-2, warm_steps=160,
         transfer_max_steps=40,
     ),
     "cpu": Profile(
@@ -141,7 +141,7 @@ PROFILES: dict[str, Profile] = {
         stack_seq_len=32, stack_batch_size=4, stack_steps=20, stack_eval_examples=128, stack_lora_lr=1e-2,
         transfer_target=0.85, transfer_seeds=3, transfer_batch_size=16, transfer_lr=2e-4,
         lora_layers=None, lora_seq_len=48, lora_batch_size=8, lora_steps=40, lora_eval_examples=64,
-        full_lr=3e-4, lora_lr=1e-2, warm_steps=100,
+        full_lr=3e-4, lora_lr=1e-2, warm_steps=150,
         transfer_max_steps=150,
     ),
     "gpu": Profile(

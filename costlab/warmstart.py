@@ -1,18 +1,16 @@
-"""Warm start: a small classifier of its own whose word embedding starts from a pretrained
-encoder's table instead of from random numbers.
+"""Warm start (notebook 03): the data, the small classifier and the training runs around an
+embedding that the notebook builds (random, or rows copied from a pretrained table).
 
-    setup = warmstart.prepare(profile)                       # data + the encoder's rows, once
-    run = warmstart.run(setup, "frozen", seed=0, steps=...)  # one variant, one seed
+    setup = warmstart.prepare(profile, tokenizer)            # the reviews, tokenized, once
+    run = warmstart.run(setup, make_embedding, seed=0, ...)  # one variant, one seed
 
-Embedding variants (one switch each; everything else identical, from the same seed):
-  random    nn.Embedding's own initialisation, N(0, 1), trained
-  frozen    rows copied from the encoder, not trained
-  trained   rows copied from the encoder, trained
+`make_embedding(seed)` returns the nn.Embedding to start from; the notebook writes it (the cut).
+Everything else is initialised from `seed` identically in every variant, so two variants with
+one seed differ by the embedding alone.
 
-The table keeps only the rows that the data ever looks up. That is an exact shortcut, not an
-approximation: a row never looked up gets no gradient, so AdamW (weight decay 0) never moves it
-and it never affects an output. It keeps each step cheap on a CPU; the full table's parameter
-count is reported beside it (`Setup.full_table_params`).
+The vocabulary keeps only the rows that the data ever looks up. That is an exact shortcut, not
+an approximation: a row never looked up gets no gradient, so AdamW (weight decay 0) never moves
+it and it never affects an output. It keeps each step cheap on a CPU.
 """
 from __future__ import annotations
 
@@ -26,8 +24,6 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import data, evaluation, models, probe, profiles, reviews
 from .train import TrainConfig, train
-
-EMBEDDINGS = ("random", "frozen", "trained")
 
 
 @dataclass(frozen=True)
@@ -55,30 +51,16 @@ class Vocabulary:
         return {**encoded, "input_ids": rows}
 
 
-def pretrained_rows(encoder: nn.Module, vocab: Vocabulary, standardize: bool = True) -> torch.Tensor:
-    """The encoder's input word-embedding rows for our vocabulary (a copy, detached).
-
-    standardize: centre and scale each dimension by its mean and spread over the encoder's whole
-    table. Pretrained tables share a common offset and have a few dimensions far larger than the
-    rest (Mu & Viswanath 2018, "all-but-the-top"); standardizing keeps the directions that tell
-    words apart and puts them at unit scale, the scale of nn.Embedding's own N(0, 1) init, so
-    the random and the copied table start equally large and differ only in what they know.
-    """
-    table = encoder.get_input_embeddings().weight.detach()
-    rows = table[vocab.token_ids].clone()
-    return (rows - table.mean(0)) / table.std(0) if standardize else rows
-
-
 class SmallClassifier(nn.Module):
     """Word embedding -> LayerNorm -> a 1-D convolution over `width` neighbouring tokens -> GELU
     -> max over real tokens -> linear head: Kim (2014)'s text CNN, the classic home of
     warm-started word vectors. Takes and returns what transformers models do, so
     costlab.train and costlab.evaluation drive it unchanged."""
 
-    def __init__(self, rows: torch.Tensor, *, channels: int, width: int = 3):
+    def __init__(self, embed: nn.Embedding, *, channels: int, width: int = 3):
         super().__init__()
-        dim = rows.shape[1]
-        self.embed = nn.Embedding.from_pretrained(rows.clone(), freeze=False)
+        dim = embed.embedding_dim
+        self.embed = embed
         self.norm = nn.LayerNorm(dim)  # as BERT normalises its embeddings before the blocks
         self.conv = nn.Conv1d(dim, channels, width, padding="same")
         self.head = nn.Linear(channels, 2)
@@ -92,34 +74,10 @@ class SmallClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def build(embedding: str, rows: torch.Tensor, *, channels: int, width: int = 3,
-          seed: int = 0) -> SmallClassifier:
-    """The classifier with its embedding started as `embedding` (one of EMBEDDINGS).
-
-    Everything except the embedding is initialised from `seed` identically in every variant,
-    so two variants with one seed differ by the embedding switch alone.
-    """
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
-    torch.manual_seed(seed)
-    model = SmallClassifier(rows, channels=channels, width=width)
-    if embedding == "random":
-        # nn.Embedding's own init, N(0, 1), from a generator of its own: the layers above
-        # still start exactly as in the copied variants.
-        g = torch.Generator().manual_seed(10_000 + seed)
-        with torch.no_grad():
-            model.embed.weight.normal_(0.0, 1.0, generator=g)
-    model.embed.weight.requires_grad_(embedding != "frozen")
-    return model
-
-
 @dataclass
 class Setup:
-    """What every variant shares: the encoder's rows for our vocabulary and the encoded splits."""
-    encoder_name: str
+    """What every variant shares: our vocabulary and the encoded splits."""
     vocab: Vocabulary
-    rows: torch.Tensor  # pretrained rows, standardized
-    full_table_params: int  # rows x dim of the encoder's whole table
     train_set: dict[str, torch.Tensor]
     val_batches: list[dict]
     heldout_batches: list[dict]  # test_heldout: opinion words never seen in training
@@ -127,12 +85,10 @@ class Setup:
     tokenizer: object = field(repr=False)
 
 
-def prepare(profile: profiles.Profile, encoder: str | None = None) -> Setup:
-    """Tokenize train / val / test_heldout with the encoder's tokenizer; copy its rows."""
-    name = encoder or models.default_encoder()
-    # One block is enough: only the input embedding table is used, and fewer blocks load faster.
-    model, tokenizer = models.load(name, task="encoder", layers=1)
-    splits = {"train": data.load_split("train", profile.n_train),
+def prepare(profile: profiles.Profile, tokenizer, *, n_train: int | None = None) -> Setup:
+    """Tokenize train / val / test_heldout with the encoder's tokenizer; n_train labelled
+    reviews (default the profile's)."""
+    splits = {"train": data.load_split("train", n_train or profile.n_train),
               "val": data.load_split("val", profile.n_eval),
               "test_heldout": data.load_split("test_heldout", profile.n_eval)}
     texts = [r["text"] for records in splits.values() for r in records]
@@ -140,17 +96,17 @@ def prepare(profile: profiles.Profile, encoder: str | None = None) -> Setup:
     enc = {s: vocab.remap(data.encode_classification(tokenizer, records, profile.cls_seq_len))
            for s, records in splits.items()}
     eval_batch = 4 * profile.batch_size  # evaluation has no backward pass: bigger batches are fine
-    return Setup(name, vocab, pretrained_rows(model, vocab), model.get_input_embeddings().weight.numel(),
-                 enc["train"], data.eval_batches(enc["val"], eval_batch),
+    return Setup(vocab, enc["train"], data.eval_batches(enc["val"], eval_batch),
                  data.eval_batches(enc["test_heldout"], eval_batch), splits["test_heldout"], tokenizer)
 
 
 @dataclass(frozen=True)
 class Run:
-    """One variant, one seed: its learning curve and where it reached the target."""
-    embedding: str
+    """One variant, one seed: its learning curves and where it reached the target."""
     seed: int
     curve: tuple[tuple[int, float], ...]  # (step, validation accuracy) at each evaluation
+    heldout_curve: tuple[tuple[int, float], ...]  # (step, held-out-vocabulary accuracy)
+    target_split: str  # "val" or "heldout": the curve steps_to_target is read from
     steps_to_target: int | None  # first evaluated step at or above the target; None: not reached
     flops_to_target: int | None
     flops_per_step: int
@@ -162,22 +118,42 @@ class Run:
     model: SmallClassifier = field(repr=False, compare=False)  # as trained, for the analyses
 
 
-def run(setup: Setup, embedding: str, *, seed: int, steps: int, lr: float, batch_size: int,
-        eval_every: int, target: float, channels: int = 128, width: int = 3) -> Run:
-    """Train one variant for the whole budget (no early stop, so every variant's held-out
-    accuracy is measured after the same number of steps); the target is read off the curve.
-    One intra-op thread: the tensors are small (see `probe.one_thread`)."""
-    model = build(embedding, setup.rows, channels=channels, width=width, seed=seed)
+def first_at(curve, target: float) -> int | None:
+    """The first evaluated step whose accuracy is at or above `target` (None: never)."""
+    return next((step for step, acc in curve if acc >= target), None)
+
+
+def run(setup: Setup, make_embedding, *, seed: int, steps: int, lr: float, batch_size: int,
+        eval_every: int, target: float, target_split: str = "val", channels: int = 128,
+        width: int = 3) -> Run:
+    """Train one variant for the whole budget (no early stop, so every variant is measured after
+    the same number of steps); the target is read off the `target_split` curve.
+
+    make_embedding(seed) -> nn.Embedding is called first; the layers above it are then
+    initialised from `seed`, the same in every variant. One intra-op thread: the tensors are
+    small (see `probe.one_thread`)."""
+    if target_split not in ("val", "heldout"):
+        raise ValueError(f"target_split must be 'val' or 'heldout', got {target_split!r}")
+    embed = make_embedding(seed)
+    torch.manual_seed(seed)
+    model = SmallClassifier(embed, channels=channels, width=width)
+    heldout = []
+
+    def evaluate(m):
+        heldout.append(evaluation.accuracy(m, setup.heldout_batches))
+        return evaluation.accuracy(m, setup.val_batches)
+
     cfg = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed, progress=False)
     with probe.one_thread():
-        result = train(model, data.batches(setup.train_set, batch_size, seed=seed), cfg,
-                       evaluate=lambda m: evaluation.accuracy(m, setup.val_batches))
-    curve = tuple((pt.step, pt.metric) for pt in result.points if pt.metric is not None)
-    hit = next((pt for pt in result.points if pt.metric is not None and pt.metric >= target), None)
-    return Run(embedding, seed, curve, hit.step if hit else None, hit.flops if hit else None,
+        result = train(model, data.batches(setup.train_set, batch_size, seed=seed), cfg, evaluate=evaluate)
+    evaluated = [pt for pt in result.points if pt.metric is not None]
+    curve = tuple((pt.step, pt.metric) for pt in evaluated)
+    heldout_curve = tuple((pt.step, acc) for pt, acc in zip(evaluated, heldout))
+    hit = first_at(curve if target_split == "val" else heldout_curve, target)
+    flops = {pt.step: pt.flops for pt in evaluated}
+    return Run(seed, curve, heldout_curve, target_split, hit, flops[hit] if hit else None,
                result.flops_per_step, models.count_params(model, trainable_only=True),
-               curve[-1][1], evaluation.accuracy(model, setup.heldout_batches), result.train_seconds,
-               dict(result.state_bytes), model)
+               curve[-1][1], heldout_curve[-1][1], result.train_seconds, dict(result.state_bytes), model)
 
 
 def median_steps(runs: list[Run], budget: int) -> tuple[float, bool]:
@@ -210,7 +186,7 @@ def correct(model: nn.Module, batches: list[dict]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def row_drift(run: Run, setup: Setup) -> float:
+def row_drift(run: Run, rows: torch.Tensor) -> float:
     """How far training moved the copied rows, relative to their size (0 for a frozen table)."""
-    moved = run.model.embed.weight.detach() - setup.rows
-    return float(moved.norm() / setup.rows.norm())
+    moved = run.model.embed.weight.detach() - rows
+    return float(moved.norm() / rows.norm())

@@ -80,3 +80,30 @@ def test_interleaved_timing_pools_every_round():
     timings = meter.time_interleaved({"a": bump("a"), "b": bump("b")}, warmup=2, repeats=3, rounds=4)
     assert calls == {"a": 14, "b": 14}
     assert len(timings["a"].samples_sec) == 12 and len(timings["a"].warmup_sec) == 2
+
+
+def test_blocks_run_under_torch_checkpoint_keep_only_their_inputs():
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    from costlab import models
+
+    def wrap(model):
+        for block in models.transformer_blocks(model):
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        return model
+
+    def unwrap(model):
+        for block in models.transformer_blocks(model):
+            vars(block).pop("forward", None)
+        return model
+
+    model, x = tiny_llama(), batch()
+    stored = ckpt.kept_for_backward(model, x, blocks_only=True)
+    wrap(model)
+    assert ckpt.kept_for_backward(model, x, blocks_only=True, inputs_kept=True) == 4 * 2 * 16 * 64 * 4
+    unwrap(model)
+    assert ckpt.kept_for_backward(model, x, blocks_only=True) == stored
+    result = ckpt.same_result(model, x, on=wrap, off=unwrap)
+    assert result["loss_allclose"] and result["grads_allclose"] and result["n_grads"] > 0

@@ -307,6 +307,7 @@ def llama_shape(*, hidden: int, layers: int, heads: int, kv_heads: int, intermed
     """The shape of a Llama-family model from its config numbers (parameters counted exactly:
     q, k, v, o projections, a gated MLP of three matrices, two norms per block, the embeddings)."""
     kv_dim = hidden * kv_heads // heads
-    per_block = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate + 2 * hidden
+    linear_per_block = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate
+    per_block = linear_per_block + 2 * hidden
     total = layers * per_block + vocab * hidden * (1 if tied else 2) + hidden
-    return ModelShape(total, hidden, layers, heads, vocab, kv_heads, tied)
+    return ModelShape(total, hidden, layers, heads, vocab, kv_heads, tied, layers * linear_per_block)

@@ -85,8 +85,8 @@ class Profile:
     # 02 (LoRA): every variant (full / LoRA / QLoRA, each in a fresh process) trains lora_steps
     # steps on batches of lora_batch_size reviews padded to lora_seq_len tokens (every review
     # fits in 48 smollm2 tokens: longer only adds padding). Learning rates: full fine-tuning moves
-    # every weight; LoRA's few adapter weights take ~10x larger steps (Hu et al. 2021 use 2e-4 to
-    # 2e-3 where full fine-tuning used ~1e-4), and on the truncated smoke model even more.
+    # every weight; LoRA's few adapter weights take larger steps (Hu et al. 2021 use 2e-4 to
+    # 2e-3 where full fine-tuning used ~1e-4).
     # 02's depth: None = the whole model, so LoRA's quality is compared with full fine-tuning on a
     # working model (a truncated one measures LoRA repairing the cut); smoke keeps 2 blocks for speed.
     lora_layers: int | None

@@ -117,22 +117,9 @@ def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = Fa
     after loading; quantization_config: loads the base quantized (e.g. the notebook's NF4
     `BitsAndBytesConfig`), with the CPU fixes below applied before `cut` sees it.
     """
-    if quantization_config is not None or cut is not None:
-        if lora_r or qlora or base_dtype:
-            raise ValueError("pass either a notebook's cut (cut=, quantization_config=) or the switches "
-                             "(lora_r=, qlora=, base_dtype=), not both")
-        device = device or torch.device("cpu")
-        lm, tokenizer = models.load(name, task="causal-lm", layers=layers,
-                                    quantization_config=quantization_config)
-        if quantization_config is None:
-            lm.to(device)
-        else:
-            if device.type == "cpu":
-                release_checkpoint_mapping(lm)
-            keep_4bit_trainable(lm)
-        if cut is not None:
-            lm = cut(lm)
-        return lm, tokenizer
+    if (cut is not None or quantization_config is not None) and (lora_r or qlora or base_dtype):
+        raise ValueError("pass either a notebook's cut (cut=, quantization_config=) or the switches "
+                         "(lora_r=, qlora=, base_dtype=), not both")
     if base_dtype not in (None, "bf16"):
         raise ValueError(f"base_dtype must be None or 'bf16', got {base_dtype!r}")
     if base_dtype and not lora_r:
@@ -142,26 +129,30 @@ def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = Fa
     device = device or torch.device("cpu")
     if base_dtype == "bf16":
         name = str(bf16_checkpoint(name))
+    if qlora:
+        quantization_config = nf4_config()
     lm, tokenizer = models.load(name, task="causal-lm", layers=layers,
                                 dtype=torch.bfloat16 if base_dtype == "bf16" else torch.float32,
-                                quantization_config=nf4_config() if qlora else None)
-    if not qlora:
+                                quantization_config=quantization_config)
+    if quantization_config is None:
         lm.to(device)
-    elif device.type == "cpu":
-        release_checkpoint_mapping(lm)
-    if qlora:
+    else:
+        if device.type == "cpu":
+            release_checkpoint_mapping(lm)
         keep_4bit_trainable(lm)
-        if base_dtype is None:  # it casts every non-quantized weight to fp32, which a bf16 base avoids
-            from peft import prepare_model_for_kbit_training
+    if qlora and base_dtype is None:  # it casts every non-quantized weight to fp32, which a bf16 base avoids
+        from peft import prepare_model_for_kbit_training
 
-            lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
     if lora_r:
         lm = apply_lora(lm, r=lora_r)
+    if cut is not None:
+        lm = cut(lm)
     return lm, tokenizer
 
 
-def lm_training(cut=None, *, quantization_config=None, model: str | None = None, layers: int | None = None, seq_len: int | None = None,
-                batch_size: int | None = None, steps: int | None = None, lr: float = 1e-4,
+def lm_training(cut=None, *, quantization_config=None, model: str | None = None, layers: int | None = None,
+                seq_len: int | None = None, batch_size: int | None = None, steps: int | None = None, lr: float = 1e-4,
                 lora_r: int = 0, qlora: bool = False, grad_checkpointing: bool = False,
                 autocast: str | None = None, optimizer: str = "adamw", compile: bool | str = False,
                 seed: int = 0, profile: str | None = None, measure_checkpoint: bool = True,

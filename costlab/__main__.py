@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
-        from .doctor import main as doctor
+        from .course.doctor import main as doctor
 
         return doctor()
     if args.command == "install-models":
         return _install_models()
     if args.command == "course":
-        from .runner import run_course
+        from .course.runner import run_course
 
         try:
             only = args.only
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130  # the shell's code for Ctrl-C; what ran is saved and the next run resumes
         return 1 if any(v["status"] != "ok" for v in state.values()) else 0
     if args.command == "report":
-        from . import report
+        from .course import report
 
         print(f"wrote {report.from_results(args.results)}")
         return 0
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _merge(ledgers: list[Path], out: Path) -> int:
     """Workshop: several machines' ledgers -> out/ledger.jsonl + out/report.html, by hardware."""
-    from . import claims, headline, ledger, report
+    from . import claims, ledger
+    from .course import scoreboard, report
 
     out.mkdir(parents=True, exist_ok=True)
     missing = [str(p) for p in ledgers if not p.is_file()]
@@ -85,7 +86,7 @@ def _merge(ledgers: list[Path], out: Path) -> int:
     merged = ledger.merge(ledgers, out / "ledger.jsonl")
     print(f"merged {len(merged.records)} records from {len(ledgers)} ledger(s); skipped "
           f"{merged.skipped_malformed} malformed and {merged.skipped_foreign} foreign line(s)")
-    for group in headline.groups(merged.records):
+    for group in scoreboard.groups(merged.records):
         measured = sum(c.status == "measured" for c in group.cuts)
         print(f"  {group.label}, profile {group.profile}: {len(group.records)} records, "
               f"{measured} lesson(s) measured")

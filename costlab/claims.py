@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import headline, ledger
+from .course import scoreboard
+from . import ledger
 
 FRAGILE_MARGIN = 0.10  # an asserted claim this close to its threshold may fail on the next run
 
@@ -19,7 +20,7 @@ FRAGILE_MARGIN = 0.10  # an asserted claim this close to its threshold may fail 
 def machine(line: dict) -> str:
     """Where a claim was measured: the hardware label and the profile."""
     device = line.get("device") if isinstance(line.get("device"), dict) else {}
-    return f"{headline.hardware_label(device)} · {line.get('profile')}"
+    return f"{scoreboard.hardware_label(device)} · {line.get('profile')}"
 
 
 def key(line: dict) -> tuple[str, str]:

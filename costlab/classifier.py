@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import data, evaluation, models, profiles
-from .distill import EncoderClassifier
+from .lessons.distill import EncoderClassifier
 from .train import TrainConfig, TrainResult, train
 
 

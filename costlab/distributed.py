@@ -1,7 +1,7 @@
 """Launch torch.distributed jobs from a notebook: torchrun, a wall-clock timeout, each rank's
 result or error, and nothing left running afterwards.
 
-    results = launch("costlab.ddp_worker:run", nproc=2, timeout_s=300, steps=5)
+    results = launch("costlab.lessons.ddp_worker:run", nproc=2, timeout_s=300, steps=5)
     results[0]["step_time_sec"]          # one dict per rank, in rank order
 
 Worker code lives in a costlab module: a function defined in a notebook cannot be sent to another

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 
 BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "nf4": 0.5}
+# NF4 as stored with double quantization: 4 bits per weight, plus one 8-bit absmax per block of
+# 64 weights and one fp32 scale per 256 blocks (Dettmers et al. 2023): about 4.127 bits.
+NF4_DQ_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Storage formats that a quantized load applies to the Linear layers only (bitsandbytes).
 QUANTIZED_FORMATS = ("int8", "nf4")
 # Optimizer state bytes per trainable parameter (fp32 parameters).
@@ -87,19 +90,30 @@ def quantizable_params(model: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """A training step's memory by part (bytes). The plan predictor (`lessons.plans`) adds two
+    parts a built model's `state_bytes` leaves as None: `head_bytes`, the LM head's
+    vocabulary-sized work (logits, their fp32 copy and log-softmax, the gradient of each, and
+    under autocast a 16-bit copy of an fp32 head matrix; with a 50k vocabulary it outweighs a few
+    blocks' activations), and `workspace_bytes`, the optimizer's temporaries (AdamW's update needs
+    one fp32 tensor's worth per tensor it updates at once: all of them with foreach kernels on
+    CUDA, one at a time on CPU)."""
     weights_bytes: float
     grad_bytes: float
     optimizer_state_bytes: float
     activation_bytes: float
+    head_bytes: float | None = None
+    workspace_bytes: float | None = None
 
     @property
     def total_bytes(self) -> float:
-        return self.weights_bytes + self.grad_bytes + self.optimizer_state_bytes + self.activation_bytes
+        return (self.weights_bytes + self.grad_bytes + self.optimizer_state_bytes + self.activation_bytes
+                + (self.head_bytes or 0) + (self.workspace_bytes or 0))
 
     def as_dict(self) -> dict[str, float]:
-        return {"weights": self.weights_bytes, "grads": self.grad_bytes,
-                "optimizer": self.optimizer_state_bytes, "activations": self.activation_bytes,
-                "total": self.total_bytes}
+        parts = {"weights": self.weights_bytes, "grads": self.grad_bytes,
+                 "optimizer": self.optimizer_state_bytes, "activations": self.activation_bytes,
+                 "LM head": self.head_bytes, "optimizer workspace": self.workspace_bytes}
+        return {**{k: v for k, v in parts.items() if v is not None}, "total": self.total_bytes}
 
 
 def trainable_tensors(model: torch.nn.Module) -> list[torch.nn.Parameter]:

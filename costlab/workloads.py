@@ -78,9 +78,6 @@ def bf16_checkpoint(name_or_path: str):
     Call it before a measured run: converting inside one would put the conversion in its peak."""
     import hashlib
     import json
-    import os
-
-    from filelock import FileLock
 
     source = models.resolve(name_or_path)
     if not isinstance(source, Path):
@@ -89,20 +86,15 @@ def bf16_checkpoint(name_or_path: str):
     if (config.get("dtype") or config.get("torch_dtype")) == "bfloat16":
         return source
     tag = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:8]  # two folders, two copies
-    target = models.cache_dir() / f"{source.name}-{tag}-bf16"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock", timeout=600):
-        if not (target / "config.json").exists():
-            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            with models._quiet_transformers():
-                AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp)
-                AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-            os.replace(tmp, target)
-    return target
+    def write(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with models._quiet_transformers():
+            AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(folder)
+            AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+    return models.converted_once(models.cache_dir() / f"{source.name}-{tag}-bf16", write, what="bf16 copy")
 
 
 def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = False,

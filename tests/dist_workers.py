@@ -44,7 +44,7 @@ def plain() -> dict:
 
 def tiny_task(seed: int = 0):
     """A small model and a fixed 'evaluation' for the background-evaluator tests."""
-    from costlab.async_eval import Task
+    from costlab.lessons.async_eval import Task
 
     torch.manual_seed(seed)
     model = torch.nn.Linear(4, 2)
@@ -59,7 +59,7 @@ def tiny_task(seed: int = 0):
 
 def evaluator_then_hang() -> dict:
     """Start a background evaluator, then hang: the launcher's timeout must take both down."""
-    from costlab.async_eval import BackgroundEvaluator
+    from costlab.lessons.async_eval import BackgroundEvaluator
 
     evaluator = BackgroundEvaluator("tests.dist_workers:tiny_task", {})
     evaluator.wait_ready()

@@ -1,11 +1,11 @@
-"""costlab.async_eval: snapshots evaluated in another process give the inline numbers, and a
+"""costlab.lessons.async_eval: snapshots evaluated in another process give the inline numbers, and a
 dead evaluator loses no result. Uses a tiny model (tests.dist_workers.tiny_task)."""
 import math
 
 import pytest
 import torch
 
-from costlab import async_eval, eval_overlap
+from costlab.lessons import async_eval, eval_overlap
 from tests.dist_workers import tiny_task
 
 TASK = "tests.dist_workers:tiny_task"

@@ -1,11 +1,12 @@
-"""The plan estimator (costlab.plans) and the what-if calculator's logic, without a browser."""
+"""The plan estimator (costlab.lessons.plans) and the what-if calculator's logic, without a browser."""
 import math
 import re
 
 import pytest
 import torch
 
-from costlab import calculator, estimate, hardware, meter, plans
+from costlab.lessons import calculator, plans
+from costlab import estimate, hardware, meter
 
 TINY = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1000)
 

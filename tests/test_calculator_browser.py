@@ -22,8 +22,8 @@ from tests.browser import launch, requires_chromium
 
 pytestmark = requires_chromium
 
-CELL = ("import costlab.calculator\n"
-        "costlab.calculator.panel(model='SmolLM2-360M', seq_len=1024, batch=8, device='A10G')")
+CELL = ("import costlab.lessons.calculator\n"
+        "costlab.lessons.calculator.panel(model='SmolLM2-360M', seq_len=1024, batch=8, device='A10G')")
 MEMORY = ".costlab-calc-memory"
 TOGGLE = ".costlab-toggle-grad_checkpointing input[type=checkbox]"
 

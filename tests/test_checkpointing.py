@@ -1,10 +1,10 @@
-"""Gradient checkpointing measures (costlab.checkpointing) and the activation formula they are
+"""Gradient checkpointing measures (costlab.lessons.checkpointing) and the activation formula they are
 set against (costlab.estimate.activation_bytes), on tiny random models."""
 import pytest
 import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from costlab import checkpointing as ckpt
+from costlab.lessons import checkpointing as ckpt
 from costlab import estimate, meter
 
 

@@ -1,9 +1,9 @@
-"""Pruning and quantization (costlab.compression) on a tiny random BERT classifier."""
+"""Pruning and quantization (costlab.lessons.compression) on a tiny random BERT classifier."""
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from costlab import compression as cz
+from costlab.lessons import compression as cz
 
 
 def tiny_bert():
@@ -63,7 +63,7 @@ def test_int8_shrinks_linear_layers_about_fourfold_and_predictions_hold():
     # the same holds for the kit's wrapper, whose head sits beside `.encoder`.
     assert type(q.classifier) is torch.nn.Linear
     assert all(type(q.get_submodule(n)) is not torch.nn.Linear for n in names)
-    from costlab.distill import EncoderClassifier
+    from costlab.lessons.distill import EncoderClassifier
 
     wrapped = cz.quantize_int8(EncoderClassifier(tiny_bert().bert))
     assert not any(type(m) is torch.nn.Linear for m in wrapped.encoder.modules())

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from costlab import curriculum
+from costlab.lessons import curriculum
 
 
 def test_competence_grows_from_start_to_one_at_the_pacing_step():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
 
-from costlab import data, distill, meter, models
+from costlab import data, meter, models
+from costlab.lessons import distill
 
 
 def _tiny_teacher(layers=4):
@@ -83,7 +84,7 @@ def test_soft_temperature_softens_a_confident_teacher_to_the_asked_confidence():
 
 def test_keep_blocks_finds_the_blocks_of_another_architecture():
     model = GPT2Model(GPT2Config(n_layer=4, n_embd=16, n_head=2, vocab_size=100, n_positions=32))
-    distill.keep_blocks(model, [0, 3])
+    models.keep_blocks(model, [0, 3])
     assert len(model.h) == 2 and model.config.num_hidden_layers == 2
     out = model(input_ids=torch.randint(0, 100, (2, 5))).last_hidden_state
     assert out.shape == (2, 5, 16)

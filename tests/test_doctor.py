@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from costlab import doctor
+from costlab.course import doctor
 
 CPUINFO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
 CPUINFO_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"

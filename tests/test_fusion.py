@@ -1,10 +1,10 @@
-"""torch.compile measures (costlab.fusion): correctness before timing, break-even arithmetic."""
+"""torch.compile measures (costlab.lessons.fusion): correctness before timing, break-even arithmetic."""
 import math
 
 import pytest
 import torch
 
-from costlab import fusion
+from costlab.lessons import fusion
 
 
 def test_break_even_is_compile_seconds_over_seconds_saved():

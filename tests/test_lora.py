@@ -1,10 +1,10 @@
-"""costlab.lora: what 02 shows beside its runs, on tiny random models (no download)."""
+"""costlab.lessons.lora: what 02 shows beside its runs, on tiny random models (no download)."""
 import copy
 
 import pytest
 import torch
 
-from costlab import lora
+from costlab.lessons import lora
 from costlab.workloads import apply_lora
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from costlab import course, headline, ledger, metrics, report
+from costlab import course, ledger, metrics
+from costlab.course import scoreboard, report
 from tests.ledgers import full_ledger, lesson_records
 
 OTHER_GPU = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "count": 1, "memory_bytes": 85520809984}
@@ -40,18 +41,18 @@ def test_headline_is_the_best_variant_against_its_baseline_from_the_ledger(full_
     mine = {r["variant"]: r for r in records if r["notebook"] == lesson.name}
     m = lesson.headline_metric
     expected = metrics.improvement_ratio(m, mine["baseline"]["metrics"][m], mine["cut"]["metrics"][m])
-    cut = headline.groups(records)[0].cuts[2]
+    cut = scoreboard.groups(records)[0].cuts[2]
     assert cut.headline.variant == "cut" and cut.headline.ratio == pytest.approx(expected)
     (q,) = cut.headline.quality  # the quality of the same pair, not of another variant
     assert (q.before, q.after) == (mine["baseline"]["quality"]["accuracy"], mine["cut"]["quality"]["accuracy"])
     row = _row(html, lesson.name)
-    assert headline.format_ratio(expected) in row and f"{q.before:.4g} → {q.after:.4g}" in row
+    assert scoreboard.format_ratio(expected) in row and f"{q.before:.4g} → {q.after:.4g}" in row
     assert "Hu et al. 2021" in row  # the published figure and its source sit beside ours
 
 
 def test_direction_comes_from_the_vocabulary():
     # Throughput is higher-is-better: 10 -> 40 samples/s is 4x better, not 0.25x.
-    cut = headline.cut_result(course.lesson("10"), lesson_records(course.lesson("10"), scale=1.0))
+    cut = scoreboard.cut_result(course.lesson("10"), lesson_records(course.lesson("10"), scale=1.0))
     assert cut.headline.ratio == pytest.approx(4.0)
 
 
@@ -74,7 +75,7 @@ def test_a_cut_that_costs_more_is_not_called_a_saving():
     recs = lesson_records(lesson, scale=1.0)
     for rec in recs[1:]:  # both variants slower than eager
         rec["metrics"]["step_time_sec"] = 2000.0
-    cut = headline.cut_result(lesson, recs)
+    cut = scoreboard.cut_result(lesson, recs)
     assert cut.headline.ratio == pytest.approx(0.5)
     assert "no saving here" in report._saving_cell(cut) and "costs-more" in report._saving_cell(cut)
 
@@ -85,7 +86,7 @@ def test_latest_run_gives_the_headline_and_older_runs_the_range():
     new = lesson_records(lesson, scale=2.0, run_id="new")
     for rec in new:
         rec["provenance"]["created_at"] = "2999-01-01T00:00:00+00:00"
-    cut = headline.cut_result(lesson, old + new)
+    cut = scoreboard.cut_result(lesson, old + new)
     assert cut.headline.ratio == pytest.approx(8.0) and cut.run_count == 2
     assert cut.ratio_range == pytest.approx((4.0, 8.0))
 
@@ -95,7 +96,7 @@ def test_a_newer_run_without_a_pair_does_not_hide_a_complete_one():
     done = lesson_records(lesson, scale=1.0, run_id="done")
     stopped = lesson_records(lesson, scale=1.0, run_id="stopped")[:1]  # killed after its baseline
     stopped[0]["provenance"]["created_at"] = "2999-01-01T00:00:00+00:00"
-    cut = headline.cut_result(lesson, done + stopped)
+    cut = scoreboard.cut_result(lesson, done + stopped)
     assert cut.headline.ratio == pytest.approx(4.0) and "newest run recorded no" in cut.note
 
 
@@ -104,7 +105,7 @@ def test_missing_headline_metric_falls_back_and_says_so():
     recs = lesson_records(lesson, scale=1.0)
     for rec in recs:
         del rec["metrics"]["latency_ms"]
-    cut = headline.cut_result(lesson, recs)
+    cut = scoreboard.cut_result(lesson, recs)
     assert cut.metric == "wall_sec" and "latency_ms not recorded" in cut.note
 
 
@@ -127,7 +128,7 @@ def test_merge_groups_by_hardware_and_counts_bad_lines(tmp_path):
     assert len(sections) == 2 and any("H100" in s[0] and s[1] == "gpu" for s in sections)
     assert '<section id="across">' in html and "2 malformed, 1 foreign" in html
     assert len(ledger.read(tmp_path / "workshop" / "ledger.jsonl")) == 9
-    gpu = next(g for g in headline.groups(ledger.read(tmp_path / "workshop" / "ledger.jsonl"))
+    gpu = next(g for g in scoreboard.groups(ledger.read(tmp_path / "workshop" / "ledger.jsonl"))
                if g.device["kind"] == "cuda")
     assert gpu.cuts[2].headline.ratio == pytest.approx(12.0) and gpu.cuts[6].status == "not run"
 
@@ -159,7 +160,7 @@ def test_a_published_figure_on_another_measure_gets_our_ratio_on_that_measure():
     recs = lesson_records(lesson, scale=1.0)
     recs[0]["metrics"]["trainable_params"] = 1_000_000
     recs[2]["metrics"]["trainable_params"] = 1_000
-    figure, source = report._published(headline.cut_result(lesson, recs))
+    figure, source = report._published(scoreboard.cut_result(lesson, recs))
     assert "10,000x" in figure and "ours on this measure (cut vs baseline): 1,000x" in figure
     assert source.startswith("Hu et al. 2021")
 
@@ -167,13 +168,13 @@ def test_a_published_figure_on_another_measure_gets_our_ratio_on_that_measure():
 def test_a_saving_bought_with_quality_is_flagged_and_notebooks_can_steer_the_headline():
     lesson = course.lesson("12")
     recs = lesson_records(lesson, scale=1.0)  # `cut` (4x) loses accuracy 0.80 -> 0.776: 3% worse
-    cut = headline.cut_result(lesson, recs)
+    cut = scoreboard.cut_result(lesson, recs)
     assert cut.headline.variant == "cut" and "not a clean saving" in report._saving_cell(cut)
     recs[2]["extra"]["headline"] = False  # e.g. a failure drill: its shorter run is no saving
-    cut = headline.cut_result(lesson, recs)
+    cut = scoreboard.cut_result(lesson, recs)
     assert cut.headline.variant == "half" and "not a clean saving" not in report._saving_cell(cut)
     recs[2]["extra"]["headline"] = True  # marked: only marked variants compete
-    assert headline.cut_result(lesson, recs).headline.variant == "cut"
+    assert scoreboard.cut_result(lesson, recs).headline.variant == "cut"
 
 
 def test_a_baseline_that_never_reached_the_target_gives_a_lower_bound(results_dir):
@@ -186,7 +187,7 @@ def test_a_baseline_that_never_reached_the_target_gives_a_lower_bound(results_di
                                profile="smoke", extra=run),
             ledger.make_record(lesson.name, "pretrained", metrics_={"flops": 1e12, "flops_to_target": 1e12},
                                quality={"accuracy": 0.7}, baseline="scratch", profile="smoke", extra=run)]
-    cut = headline.cut_result(lesson, recs)
+    cut = scoreboard.cut_result(lesson, recs)
     assert cut.metric == "flops_to_target" and not cut.note
     assert cut.headline.lower_bound and cut.headline.ratio == pytest.approx(5.0)
     assert cut.headline.ratio_text == "≥ 5.00x"
@@ -197,4 +198,4 @@ def test_a_baseline_that_never_reached_the_target_gives_a_lower_bound(results_di
     assert "≥ 5.00x" in _row(html, lesson.name) and "did not reach the target" in _row(html, lesson.name)
     # A baseline that reached the target is an ordinary pair.
     recs[0]["metrics"]["flops_to_target"] = 4e12
-    assert not headline.cut_result(lesson, recs).headline.lower_bound
+    assert not scoreboard.cut_result(lesson, recs).headline.lower_bound

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from costlab import course, ledger, report
+from costlab import course, ledger
+from costlab.course import report
 from tests.ledgers import full_ledger
 
 CHROMIUM = Path(os.environ.get("COSTLAB_CHROMIUM", "/usr/bin/chromium"))

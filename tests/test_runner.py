@@ -10,7 +10,8 @@ import time
 import nbformat
 import pytest
 
-from costlab import course, runner
+from costlab import course
+from costlab.course import runner
 
 GOOD = ("from costlab import ledger\n"
         "ledger.record('00_measuring_cost', 'base', metrics={'flops': 10.0})\n"
@@ -84,7 +85,7 @@ def test_ctrl_c_stops_the_course_instead_of_failing_the_notebook(two_notebooks, 
 
 
 def test_only_accepts_spaces_commas_and_lists():
-    from costlab.runner import split_names
+    from costlab.course.runner import split_names
 
     assert split_names(["02,04_gradient_checkpointing"]) == split_names(["02 04_gradient_checkpointing"]) \
         == split_names(["02", "04_gradient_checkpointing"]) == ["02", "04_gradient_checkpointing"]

@@ -1,7 +1,7 @@
-"""costlab.scaling: efficiency, cost per sample, the right-sizing rule and the ZeRO formulas."""
+"""costlab.lessons.scaling: efficiency, cost per sample, the right-sizing rule and the ZeRO formulas."""
 import pytest
 
-from costlab import scaling
+from costlab.lessons import scaling
 
 
 def test_efficiency_and_cost_per_sample():

@@ -5,7 +5,7 @@ import statistics
 import optuna
 import pytest
 
-from costlab import search
+from costlab.lessons import search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"lr": [0.1, 0.2, 0.3, 0.4], "width": [1, 2]}

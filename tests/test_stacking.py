@@ -1,9 +1,10 @@
-"""The capstone's logic (costlab.stacking) without training anything: plans to lm_training's
+"""The capstone's logic (costlab.lessons.stacking) without training anything: plans to lm_training's
 arguments, the waterfall's steps, where QLoRA is predicted to help, the calibration line, and the
 team's question answered from given measurements."""
 import pytest
 
-from costlab import calculator, hardware, plans, stacking
+from costlab.lessons import calculator, plans, stacking
+from costlab import hardware
 
 SHALLOW = plans.llama_shape(hidden=576, layers=2, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True)
 DEEP = calculator.PRESETS["SmolLM2-135M"]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from costlab import meter, models, stepcost
+from costlab import meter, models
+from costlab.lessons import stepcost
 
 
 def test_saved_tensor_bytes_excludes_weights_saved_as_views():
@@ -118,7 +119,7 @@ def test_meta_device_sweep_counts_without_computing(tiny_lm_dir):
 
 def test_fresh_process_step_peak_holds_the_states(tiny_lm_dir):
     from costlab.isolate import isolate
-    from costlab.stepcost import fresh_process_step
+    from costlab.lessons.stepcost import fresh_process_step
 
     result = isolate(fresh_process_step, model=tiny_lm_dir, layers=None, seq_len=32,
                      batch_size=4, steps=1)

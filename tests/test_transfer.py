@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from costlab import models, profiles, transfer
+from costlab import models, profiles
+from costlab.lessons import transfer
 from costlab.train import CurvePoint, TrainResult
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from costlab import models, profiles, warmstart
+from costlab import models, profiles
+from costlab.lessons import warmstart
 
 
 @pytest.fixture(scope="module")

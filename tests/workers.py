@@ -16,7 +16,7 @@ def meter_allocation(mib: int) -> dict:
     test runner's own process, memory freed by earlier tests can be reused without any growth)."""
     from costlab import meter
 
-    with meter.meter() as m:
+    with meter.Meter() as m:
         block = torch.ones(mib, 2**18)
         del block
     return {"metered_peak_bytes": m.result.peak_mem_bytes, "wall_sec": m.result.wall_sec}

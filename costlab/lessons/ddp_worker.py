@@ -1,7 +1,7 @@
 """The rank code of 10_data_parallelism: DDP on N ranks, and on 1 rank the alternatives at equal
 effective batch (gradient accumulation, one big batch). Launched by `costlab.distributed.launch`:
 
-    distributed.launch("costlab.ddp_worker:run", nproc=2, accum=2)
+    distributed.launch("costlab.lessons.ddp_worker:run", nproc=2, accum=2)
 
 Every rank returns its measurements; the notebook turns them into throughput, scaling
 efficiency, communication share and cost per sample.
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import meter, rank
+from .. import meter, rank
 from .rank_job import (build_classifier, compare_params, fingerprint, global_batches, loss_of,
                        rank_header, shard, sizes, to_device, train_encoded)
 

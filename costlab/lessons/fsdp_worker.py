@@ -2,7 +2,7 @@
 everything) and with FSDP2 `fully_shard` (every rank holds 1/N of parameters, gradients and
 optimizer states), side by side in one job, steps taken in turns so both see the same load:
 
-    distributed.launch("costlab.fsdp_worker:run", nproc=2)
+    distributed.launch("costlab.lessons.fsdp_worker:run", nproc=2)
 
 Each rank returns the bytes it holds, measured from its own tensors (a DTensor's local shard),
 its step times, the per-step loss of both, and the time of each strategy's collectives alone.
@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import meter, models, rank
+from .. import meter, models, rank
 from .rank_job import (build_classifier, global_batches, loss_of, rank_header, shard, sizes,
                        to_device, train_encoded)
 

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import data, estimate, meter, models, profiles
+from .. import data, estimate, hardware, meter, models, profiles
 
 LR = 1e-4  # AdamW learning rate of the measured step (the value does not change its cost)
 
@@ -51,18 +51,14 @@ class StepSetup:
         return self.batch["input_ids"].shape[1]
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def setup(model: str | None = None, *, layers: int | None, seq_len: int, batch_size: int,
           seed: int = 0) -> StepSetup:
     """Load the causal LM (`COSTLAB_LM` or smollm2) and fix one batch of the review LM task."""
     torch.manual_seed(seed)
     lm, tokenizer = models.load(model or models.default_lm(), task="causal-lm", layers=layers)
-    lm.to(device()).train()
+    lm.to(hardware.training_device()).train()
     records = data.load_split("train", batch_size)
-    batch = {k: v.to(device()) for k, v in data.encode_lm(tokenizer, records, seq_len).items()}
+    batch = {k: v.to(hardware.training_device()) for k, v in data.encode_lm(tokenizer, records, seq_len).items()}
     return StepSetup(lm, tokenizer, torch.optim.AdamW(lm.parameters(), lr=LR), batch)
 
 
@@ -184,9 +180,7 @@ def context_sweep(model: str | None = None, *, layers: int | None, seq_lens: lis
 
     config = AutoConfig.from_pretrained(models.resolve(model or models.default_lm()))
     if layers is not None:
-        config.num_hidden_layers = layers
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = config.layer_types[:layers]
+        models.keep_config_layers(config, range(layers))
     config._attn_implementation = attention
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config)
@@ -301,12 +295,12 @@ def peak_in_this_process(step: Callable[[], None]) -> dict[str, int | None]:
 
     never_reset_bytes: the process's high-water mark as it stands (CPU: VmHWM, which counts the
       imports, every model loaded and every earlier run; GPU: the allocator's peak since start).
-    reset_net_bytes: what `meter()` reports around one more step, after resetting the peak. On
+    reset_net_bytes: what `Meter()` reports around one more step, after resetting the peak. On
       a CPU it is net of the RSS at entry, and memory freed by earlier steps is reused without
       growing the RSS, so the step's real footprint hides in what is already resident.
     """
     never_reset = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else meter.peak_rss_bytes()
-    with meter.meter() as m:
+    with meter.Meter() as m:
         step()
     return {"never_reset_bytes": never_reset, "reset_net_bytes": m.result.peak_mem_bytes}
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from . import hardware
-from .estimate import BYTES_PER_VALUE, OPTIMIZER_BYTES_PER_PARAM, ModelShape, activation_bytes, optimizer_bytes_for
+from .. import hardware
+from ..estimate import (BYTES_PER_VALUE, NF4_DQ_BYTES_PER_WEIGHT, OPTIMIZER_BYTES_PER_PARAM, MemoryEstimate,
+                        ModelShape, activation_bytes, optimizer_bytes_for)
 
 
-# NF4 with double quantization: 4 bits per weight + 0.127 bits of scales (Dettmers et al. 2023).
-NF4_DQ_BYTES_PER_PARAM = (4 + 0.127) / 8
 # Assumed share of the device's dense peak that a fine-tuning step sustains (model FLOPs
 # utilization). 0.3-0.5 is typical of well-fed GPUs; small models and CPUs reach less.
 DEFAULT_UTILIZATION = 0.4
@@ -107,32 +106,7 @@ def trainable_params(plan: Plan) -> int:
     return lora_params(plan.shape, plan.lora_r) if plan.lora_r else plan.shape.total_params
 
 
-@dataclass(frozen=True)
-class PlanMemory:
-    """A training step's memory by part (bytes). `head` is the LM head's vocabulary-sized work:
-    logits, their fp32 copy and log-softmax, the gradient of each, and under autocast a 16-bit
-    copy of an fp32 head matrix; with a 50k vocabulary it outweighs a few blocks' activations.
-    `workspace` is the optimizer's temporaries (AdamW's update needs one fp32 tensor's worth per
-    tensor it updates at once: all of them with foreach kernels on CUDA, one at a time on CPU)."""
-    weights_bytes: float
-    grad_bytes: float
-    optimizer_state_bytes: float
-    activation_bytes: float
-    head_bytes: float
-    workspace_bytes: float
-
-    @property
-    def total_bytes(self) -> float:
-        return (self.weights_bytes + self.grad_bytes + self.optimizer_state_bytes + self.activation_bytes
-                + self.head_bytes + self.workspace_bytes)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"weights": self.weights_bytes, "grads": self.grad_bytes, "optimizer": self.optimizer_state_bytes,
-                "activations": self.activation_bytes, "LM head": self.head_bytes,
-                "optimizer workspace": self.workspace_bytes, "total": self.total_bytes}
-
-
-def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> PlanMemory:
+def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> MemoryEstimate:
     """Memory of one training step of `plan`, from the shape alone (an upper bound: it adds parts
     that are live at different moments of the step, as a plan for a budget should)."""
     shape, trainable = plan.shape, trainable_params(plan)
@@ -142,7 +116,7 @@ def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> PlanMemory:
         weights = shape.total_params * fp32
     else:  # adapters in fp32; the frozen base in its storage dtype, the blocks in NF4 with QLoRA
         base = BYTES_PER_VALUE[plan.base_dtype or "fp32"]
-        weights = trainable * fp32 + emb * base + blocks * (NF4_DQ_BYTES_PER_PARAM if plan.qlora else base)
+        weights = trainable * fp32 + emb * base + blocks * (NF4_DQ_BYTES_PER_WEIGHT if plan.qlora else base)
     precision = "bf16" if plan.autocast else "fp32"
     # Llama-family blocks: no dropout, fused SDPA attention (no s x s scores kept).
     acts = activation_bytes(shape, seq_len=plan.seq_len, batch=plan.batch, precision=precision,
@@ -150,8 +124,8 @@ def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> PlanMemory:
     head = plan.tokens_per_step * shape.vocab * (3 * fp32 + (BYTES_PER_VALUE["bf16"] if plan.autocast else 0))
     if plan.autocast and not plan.base_dtype:  # an fp32 head matrix is cast to 16-bit at each forward
         head += shape.vocab * shape.hidden * BYTES_PER_VALUE["bf16"]  # and the copy kept for backward
-    return PlanMemory(weights, trainable * fp32, optimizer_state_bytes(plan),
-                      acts, head, optimizer_workspace_bytes(plan, device_kind))
+    return MemoryEstimate(weights, trainable * fp32, optimizer_state_bytes(plan),
+                          acts, head, optimizer_workspace_bytes(plan, device_kind))
 
 
 def optimizer_workspace_bytes(plan: Plan, device_kind: str = "cuda") -> float:
@@ -187,7 +161,7 @@ class PlanPrediction:
     """What a plan will cost on a device, with every assumption that went into it."""
     plan: Plan
     device: str
-    memory: PlanMemory
+    memory: MemoryEstimate
     capacity_bytes: float | None  # the device's memory (None: unknown)
     reserve_bytes: float  # memory the plan cannot use (context, runtime)
     flops_per_step: float

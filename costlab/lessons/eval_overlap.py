@@ -1,8 +1,8 @@
 """The experiment of 12_async_evaluation, run in a fresh process by `costlab.distributed.launch`:
 the same training run with evaluation every k steps, inline (training waits) and in the
-background (`costlab.async_eval.BackgroundEvaluator`), plus a run whose evaluator dies.
+background (`costlab.lessons.async_eval.BackgroundEvaluator`), plus a run whose evaluator dies.
 
-    distributed.launch("costlab.eval_overlap:run", torchrun=False, variants=["inline", "background"])
+    distributed.launch("costlab.lessons.eval_overlap:run", torchrun=False, variants=["inline", "background"])
 
 The trainer is pinned to one core, the evaluator to another: on CPU a core plays the part of the
 accelerator, and the evaluator must not take the trainer's. Every variant starts from the same
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from . import data, hardware, profiles
+from .. import data, hardware, profiles
 from .async_eval import TASK_TARGET, BackgroundEvaluator, classification_task, make_evaluate
-from .train import TrainConfig, train
+from ..train import TrainConfig, train
 
 VARIANTS = ("inline", "background", "inline_subsampled", "evaluator_dies")
 

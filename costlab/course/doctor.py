@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED_PYTHONS = ((3, 11), (3, 12))
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # costlab/course/doctor.py -> the checkout
 MIN_FREE_DISK_BYTES = 5 * 2**30  # the venv's packages are installed; models and results need ~2 GiB
 MIN_MEMORY_BYTES = 8 * 2**30  # the cpu profile's largest fresh process peaks near 4 GiB
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
@@ -108,7 +108,7 @@ def device_findings(cuda: bool | None = None, mps: bool | None = None, flags: se
     fast_bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
     isa = ", ".join(sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})) or "none found"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from .hardware import _cpu_name
+    from ..hardware import _cpu_name
 
     found = [Finding("device", "ok", f"CPU: {_cpu_name()}, {cores} cores; "
                      f"instruction sets: {isa}")]
@@ -124,7 +124,7 @@ def device_findings(cuda: bool | None = None, mps: bool | None = None, flags: se
 def profile_finding(cuda: bool | None = None) -> Finding:
     import torch
 
-    from . import profiles
+    from .. import profiles
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     chosen = os.environ.get(profiles.PROFILE_ENV)
@@ -144,7 +144,7 @@ def metering_findings(cuda: bool | None = None, rapl: Path = RAPL) -> list[Findi
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        from .meter import EnergyCounter
+        from ..meter import EnergyCounter
 
         energy = "NVML energy counter" if EnergyCounter().read_j() is not None else "estimated (no NVML counter)"
         return [Finding("memory meter", "ok", "CUDA allocator peak per variant"), Finding("energy meter", "ok", energy)]
@@ -155,7 +155,7 @@ def metering_findings(cuda: bool | None = None, rapl: Path = RAPL) -> list[Findi
 
 
 def model_findings(find_spec=importlib.util.find_spec) -> list[Finding]:
-    from . import models
+    from .. import models
 
     found = []
     for package in (entry.package for entry in models.REGISTRY.values()):
@@ -185,7 +185,7 @@ def resources_findings(disk_free: int | None = None, memory: int | None = None) 
 def minutes_finding(profile: str, states: list[Path] | None = None) -> Finding:
     """The course's minutes at `profile`, from runs that measured them (the learner's own
     results, then a reference run's); none measured: say so rather than guess."""
-    from . import ledger
+    from .. import ledger
 
     states = states or [ledger.results_dir() / "course_state.json", REPO / "reference" / profile / "course_state.json"]
     for path in states:
@@ -203,7 +203,7 @@ def minutes_finding(profile: str, states: list[Path] | None = None) -> Finding:
 def findings() -> list[Finding]:
     import torch
 
-    from . import profiles
+    from .. import profiles
 
     found = [python_finding(), *package_findings(), *device_findings(), profile_finding(),
              *metering_findings(), *model_findings(), *resources_findings()]

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import meter, models
+from .. import meter, models
 
 
 def _target_shapes(model: nn.Module, targets: list[str]) -> list[tuple[int, int]]:
@@ -75,7 +75,7 @@ def adapter_grad_norm(model: nn.Module, batch: dict) -> float:
 
 
 def _checkpointing(model: nn.Module, reentrant: bool) -> None:
-    from .train import enable_checkpointing
+    from ..train import enable_checkpointing
 
     enable_checkpointing(model.get_base_model() if hasattr(model, "get_base_model") else model, reentrant=reentrant)
 

@@ -1,6 +1,6 @@
 """Evaluate without making training wait: snapshots of the weights go to another process.
 
-    evaluator = BackgroundEvaluator("costlab.async_eval:classification_task", {...}, core=1)
+    evaluator = BackgroundEvaluator("costlab.lessons.async_eval:classification_task", {...}, core=1)
     evaluator.submit(step, model)        # a copy of the weights, in shared memory; returns at once
     results = evaluator.finish(fallback=task.evaluate)   # every snapshot's metrics, in step order
 
@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import data, hardware, models
-from .evaluation import accuracy_variance, classification_scores
+from .. import data, hardware, models
+from ..evaluation import accuracy_variance, classification_scores
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Task:
     tokenizer: object = None
 
 
-TASK_TARGET = "costlab.async_eval:classification_task"
+TASK_TARGET = "costlab.lessons.async_eval:classification_task"
 
 
 def classification_task(*, model: str | None = None, layers: int | None = None, seq_len: int = 32,

@@ -1,7 +1,7 @@
 """report.html: one self-contained page that answers "what did each cut save on my hardware, at
 what quality, against the published figure".
 
-Every number comes from ledger records (via headline.py) or, for run times, from the runner's
+Every number comes from ledger records (via scoreboard.py) or, for run times, from the runner's
 course_state.json; published figures come from costlab.anchors and are labelled as published.
 Plots are embedded as base64 PNG and the page loads nothing from the network.
 
@@ -15,8 +15,9 @@ import json
 from html import escape
 from pathlib import Path
 
-from . import anchors, claims, course, headline, ledger, metrics, report_plots
-from .headline import CutResult, Group, QualityDelta
+from .. import anchors, claims, course, ledger, metrics
+from . import report_plots, scoreboard
+from .scoreboard import CutResult, Group, QualityDelta
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
@@ -51,17 +52,17 @@ def _published(cut: CutResult) -> tuple[str, str]:
     found = anchors.for_lesson(cut.lesson.number)
     numeric = [a for a in found if a.ratio and a.metric]
     same = [a for a in numeric if a.metric == cut.metric]
-    ours = [a for a in numeric if headline.same_pair_on(cut, a.metric)]
+    ours = [a for a in numeric if scoreboard.same_pair_on(cut, a.metric)]
     pick = (same or ours or numeric or found or [None])[0]
     if pick is None:
         return _e(cut.lesson.published), _e(cut.lesson.source)
-    ratio = f"<b>{headline.format_ratio(pick.ratio)}</b> {_e(metrics.spec(pick.metric).label)}: " if pick.ratio else ""
+    ratio = f"<b>{scoreboard.format_ratio(pick.ratio)}</b> {_e(metrics.spec(pick.metric).label)}: " if pick.ratio else ""
     more = f" <small>(+{len(found) - 1} more in the notebook)</small>" if len(found) > 1 else ""
     text = f"{ratio}{_e(pick.figure)} <small>({_e(pick.conditions)})</small>{more}"
-    mine = headline.same_pair_on(cut, pick.metric) if pick.ratio and pick.metric != cut.metric else None
+    mine = scoreboard.same_pair_on(cut, pick.metric) if pick.ratio and pick.metric != cut.metric else None
     if mine:
         text += (f'<br><small class="ours">ours on this measure ({_e(mine.variant)} vs {_e(mine.baseline)}): '
-                 f"{headline.format_ratio(mine.ratio)}</small>")
+                 f"{scoreboard.format_ratio(mine.ratio)}</small>")
     return text, _e(pick.source)
 
 
@@ -96,7 +97,7 @@ def _saving_cell(cut: CutResult) -> str:
         parts.append(f'<small class="saving-with-loss">bought with worse {_e(names)} (beside): not a clean saving</small>')
     if cut.ratio_range:
         lo, hi = cut.ratio_range
-        parts.append(f"<small>{cut.run_count} runs: {headline.format_ratio(lo)} – {headline.format_ratio(hi)}</small>")
+        parts.append(f"<small>{cut.run_count} runs: {scoreboard.format_ratio(lo)} – {scoreboard.format_ratio(hi)}</small>")
     if cut.note:
         parts.append(f"<small>{_e(cut.note)}</small>")
     return "<br>".join(parts)
@@ -257,8 +258,8 @@ def _provenance(records: list[dict], read: ledger.ReadReport, outside: int) -> s
 
 def build(read: ledger.ReadReport, state: dict | None = None, title: str = "costlab report") -> str:
     """The report's HTML from a ledger read (records + skipped counts) and optional run state."""
-    groups = headline.groups(read.records)
-    outside = headline.outside_manifest(read.records)
+    groups = scoreboard.groups(read.records)
+    outside = scoreboard.outside_manifest(read.records)
     if not groups:  # nothing measured yet: still one row per lesson, all "not run"
         groups = [Group({}, "—", [], [CutResult(l, l.headline_metric) for l in course.LESSONS])]
     sections = "".join(_group_section(g, i) for i, g in enumerate(groups))

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import data, meter, models, probe
-from .evaluation import eval_mode
-from .probe import Head
+from .. import data, meter, models, probe
+from ..evaluation import eval_mode
+from ..probe import Head
 
 
 class EncoderClassifier(nn.Module):
@@ -78,7 +78,7 @@ def fine_tune(encoder: nn.Module, tokenizer, records: list[dict], *, seq_len: in
     freeze_embeddings: leave the word-embedding table (half of MiniLM) as pretrained; AdamW's
     update of 11.7M rows would cost more than the rest of the step on a CPU.
     """
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     feats, encoder_flops = probe.feature_sets(encoder, tokenizer, {"train": records}, seq_len=seq_len)
     head = probe.build_head(feats["train"], seed=seed)
@@ -101,24 +101,6 @@ def spaced_layers(total: int, keep: int) -> list[int]:
     if not 1 <= keep <= total:
         raise ValueError(f"a student keeps between 1 and {total} blocks, got {keep}")
     return [i * total // keep for i in range(keep)]
-
-
-def keep_blocks(model: nn.Module, indices: list[int]) -> None:
-    """Keep only the transformer blocks at `indices` (in place), found from the model."""
-    blocks = models.transformer_blocks(model)
-    kept = [blocks[i] for i in indices]
-    del blocks[:]
-    blocks.extend(kept)
-    for position, block in enumerate(kept):
-        # Decoder families (GPT-2, Llama) number their attention layers for the KV cache: a
-        # kept block must carry its new position, or the cache looks up a layer that is gone.
-        for module in block.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = position
-    config = model.config
-    config.num_hidden_layers = len(kept)
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = [config.layer_types[i] for i in indices]
 
 
 @dataclass(frozen=True)
@@ -167,7 +149,7 @@ def make_student(teacher: EncoderClassifier, *, layers: int, vocab: DomainVocabu
     """A copy of the teacher with `layers` evenly spaced blocks and (optionally) a trimmed
     vocabulary; everything it keeps starts from the teacher's trained weights."""
     student = copy.deepcopy(teacher)
-    keep_blocks(student.encoder, spaced_layers(len(models.transformer_blocks(teacher.encoder)), layers))
+    models.keep_blocks(student.encoder, spaced_layers(len(models.transformer_blocks(teacher.encoder)), layers))
     if vocab is not None:
         trim_embeddings(student.encoder, vocab)
     for param in student.parameters():
@@ -186,7 +168,7 @@ def train_student(teacher: EncoderClassifier, train_set: dict[str, torch.Tensor]
     last block is one of the teacher's earlier ones, with its own output statistics.
     freeze_embeddings: keep the word-embedding table as the teacher's (for an untrimmed one).
     """
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     student = make_student(teacher, layers=layers, vocab=vocab)
     if freeze_embeddings:

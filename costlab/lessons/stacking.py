@@ -1,5 +1,5 @@
 """The capstone (13): the cuts stacked one at a time on one causal-LM fine-tuning job, each step
-run and measured in a fresh process (`workloads.lm_training`), the estimator (`costlab.plans`)
+run and measured in a fresh process (`workloads.lm_training`), the estimator (`costlab.lessons.plans`)
 checked against the measurements, then asked the question a team asks: the cheapest plan that
 fits a memory budget and a quality bound.
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import hardware, isolate, models, plans, workloads
-from .estimate import ModelShape
+from .. import hardware, isolate, models, workloads
+from . import plans
+from ..estimate import ModelShape
 
 # (label, cut) in the order they are stacked; QLoRA last, and only where it is predicted to help.
 STEPS: tuple[tuple[str, str], ...] = (
@@ -70,9 +71,7 @@ def shape_of(name_or_path: str, layers: int | None) -> ModelShape:
 
     config = AutoConfig.from_pretrained(models.resolve(name_or_path))
     if layers is not None:
-        config.num_hidden_layers = layers
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = config.layer_types[:layers]
+        models.keep_config_layers(config, range(layers))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return ModelShape.from_model(model)
@@ -236,7 +235,7 @@ def plot_waterfall(ax, labels: list[str], values: list[float], *, title: str, un
 def per_million_tokens(result: dict, device: hardware.Device | None = None) -> dict[str, float | None]:
     """$, energy and CO2 per 1M training tokens at the measured steady-state step time (the
     warm-up and compile step excluded): the unit a fine-tuning bill is quoted in."""
-    from . import meter
+    from .. import meter
 
     x = result["extra"]
     seconds = result["metrics"]["step_time_sec"] * 1e6 / (x["seq_len"] * x["batch_size"])

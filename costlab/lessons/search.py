@@ -22,7 +22,7 @@ from typing import Callable
 
 import optuna
 
-from . import ledger
+from .. import ledger
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ def head_curve(train_set: dict, val_batches: list[dict], params: dict, *, steps:
                eval_every: int, seed: int = 0) -> Curve:
     """Train costlab.probe's head with `params` (lr, hidden, dropout) and return its validation
     accuracy curve: the cheap objective of lesson 09. Deterministic for a given seed."""
-    from . import data, evaluation, probe
-    from .train import TrainConfig, train
+    from .. import data, evaluation, probe
+    from ..train import TrainConfig, train
 
     head = probe.build_head(train_set, hidden=params["hidden"], dropout=params["dropout"], seed=seed)
     cfg = TrainConfig(steps=steps, lr=params["lr"], eval_every=eval_every, seed=seed, progress=False)

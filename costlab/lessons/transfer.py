@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import data, evaluation, models, profiles
-from .train import TrainConfig, TrainResult, train
+from .. import data, evaluation, hardware, models, profiles
+from ..train import TrainConfig, TrainResult, train
 
 EVAL_BATCH = 128  # examples per evaluation forward pass (evaluation is not timed or counted)
 
@@ -121,7 +121,7 @@ def run_arm(race: Race, make_model: Callable[[int], nn.Module], tokenizer, *, se
     model = make_model(seed)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # classifiers find the last real token by it
-    model.to("cuda" if torch.cuda.is_available() else "cpu")  # train() follows the model's device
+    model.to(hardware.training_device())  # train() follows the model's device
     train_set = _encoded(tokenizer, "train", race.n_train, race.seq_len)
     splits = {split: data.eval_batches(_encoded(tokenizer, split, race.n_eval, race.seq_len), EVAL_BATCH)
               for split in ("val", "test", "test_heldout")}

@@ -15,8 +15,8 @@ import re
 import time
 from pathlib import Path
 
-from . import course, ledger, profiles
-from .provenance import git_state
+from .. import course, ledger, profiles
+from ..provenance import git_state
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # kernel tracebacks are coloured
 

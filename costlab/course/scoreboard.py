@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import course, metrics
+from .. import course, metrics
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from . import meter, models
+from .. import meter, models
+from ..estimate import NF4_DQ_BYTES_PER_WEIGHT
 
 
 def stored_bytes(module: nn.Module) -> int:
@@ -218,7 +219,7 @@ def load_nf4(model: nn.Module, tokenizer) -> nn.Module:
     learner does it: save, then `from_pretrained(..., quantization_config=BitsAndBytesConfig(...))`.
     A head stays fp32 (tiny, and NF4's CPU kernel wants at least 64 output features); a wrapper
     keeps its own head and gets the quantized encoder put in."""
-    from .workloads import nf4_config
+    from ..workloads import nf4_config
 
     inner = backbone(model)
     wrapped = inner is not model
@@ -253,10 +254,10 @@ def csr_break_even_density(value_bytes: int = 4, index_bytes: int = 8) -> float:
 
 
 
-# Predicted stored bytes per weight (the bias stays fp32 in every scheme). NF4: 4 bits, plus one
-# 8-bit absmax per block of 64 weights and, with double quantization, one fp32 scale per 256
-# blocks (Dettmers et al. 2023). int8: one byte per weight plus a per-tensor scale (negligible).
-BYTES_PER_WEIGHT = {"fp32": 4.0, "int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
+# Predicted stored bytes per weight (the bias stays fp32 in every scheme). NF4 with double
+# quantization (estimate.NF4_DQ_BYTES_PER_WEIGHT); int8: one byte per weight plus a per-tensor
+# scale (negligible).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "int8": 1.0, "nf4": NF4_DQ_BYTES_PER_WEIGHT}
 
 
 def predicted_linear_bytes(model: nn.Module, scheme: str, *, density: float = 1.0,

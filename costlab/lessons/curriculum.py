@@ -23,9 +23,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from . import data, meter, probe
-from .evaluation import eval_mode
-from .train import TrainConfig, TrainResult, train
+from .. import data, meter, probe
+from ..evaluation import eval_mode
+from ..train import TrainConfig, TrainResult, train
 
 ORDERS = ("random", "easy_to_hard", "hard_to_easy")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import hardware
+from .. import hardware
 
 
 def efficiency(throughput: float, throughput_one: float, world_size: int) -> float:
@@ -75,7 +75,7 @@ def right_size(throughput: dict[int, float], usd_per_device_hour: float, *,
 def ddp_variants(one: dict, runs: dict[int, list[dict]], usd_per_device_hour: float | None) -> dict[str, dict]:
     """Vocabulary metrics of every variant of 10_data_parallelism, from the ranks' results.
 
-    one: the 1-rank result of `costlab.ddp_worker.run` (plain, accumulation, one big batch);
+    one: the 1-rank result of `costlab.lessons.ddp_worker.run` (plain, accumulation, one big batch);
     runs: {world size: [each rank's result]}. A DDP step is as slow as its slowest rank.
     """
     b, k = one["batch_size"], one["equivalence"]["k"]
@@ -140,7 +140,7 @@ def bytes_moved_per_rank(strategy: str, param_bytes: float, world_size: int, *,
 
 
 def shard_variants(ranks: list[dict], usd_per_device_hour: float | None) -> dict[str, dict]:
-    """Vocabulary metrics of DDP and FSDP from the ranks' results of `costlab.fsdp_worker.run`.
+    """Vocabulary metrics of DDP and FSDP from the ranks' results of `costlab.lessons.fsdp_worker.run`.
 
     Bytes are per rank, the largest rank's (the one that must fit); a step is as slow as its
     slowest rank.

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import data, isolate, meter, models, profiles
-from .train import enable_checkpointing
+from .. import data, hardware, isolate, meter, models, profiles
+from ..train import enable_checkpointing
 
 
 def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
@@ -174,7 +174,7 @@ def training_peak(cut=None, *, model: str | None = None, layers: int | None = No
     p = profiles.get(profile)
     layers = p.lm_layers if layers is None else layers
     seq_len, sizes = seq_len or p.seq_len, sorted(batch_sizes or [p.batch_size])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = hardware.training_device()
     rss_start = meter.rss_bytes()
     torch.manual_seed(0)
     lm, tokenizer = models.load(model or models.default_lm(), task="causal-lm", layers=layers)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import meter
+from .. import meter
 
 
 @dataclass(frozen=True)

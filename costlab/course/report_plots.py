@@ -12,8 +12,8 @@ import math
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from . import metrics
-from .headline import CutResult, Group, Pair
+from .. import metrics
+from .scoreboard import CutResult, Group, Pair
 
 SAVING, COSTS_MORE, BASE = "#2a7", "#c54", "#999"
 

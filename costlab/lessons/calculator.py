@@ -1,18 +1,19 @@
 """The what-if calculator: an ipywidgets panel that predicts what a fine-tuning plan will cost
 before anyone rents a GPU: memory (fits / does not fit), time, $ and CO2, with its assumptions.
 
-    costlab.calculator.panel()                      # in a notebook cell: the panel
-    calc = costlab.calculator.panel(); calc.prediction()   # the same numbers as data
+    costlab.lessons.calculator.panel()                      # in a notebook cell: the panel
+    calc = costlab.lessons.calculator.panel(); calc.prediction()   # the same numbers as data
 
-Every number comes from `costlab.plans.predict_plan`; notebook 13 checks them against measured
+Every number comes from `costlab.lessons.plans.predict_plan`; notebook 13 checks them against measured
 runs. Devices are the rows of `costlab.hardware`'s tables, plus this machine.
 """
 from __future__ import annotations
 
 import html
 
-from . import hardware, metrics, plans
-from .estimate import ModelShape
+from .. import hardware, metrics
+from . import plans
+from ..estimate import ModelShape
 
 THIS_MACHINE = "this machine"
 # Published configs (the models' config.json files); parameters are counted from them.

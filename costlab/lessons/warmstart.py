@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import data, evaluation, models, probe, profiles, reviews
-from .train import TrainConfig, train
+from .. import data, evaluation, models, probe, profiles, reviews
+from ..train import TrainConfig, train
 
 
 @dataclass(frozen=True)

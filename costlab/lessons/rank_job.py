@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from . import data, meter, models, profiles, rank
+from .. import data, meter, models, profiles, rank
 
 
 def no_dropout(model: nn.Module) -> nn.Module:

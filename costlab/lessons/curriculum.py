@@ -1,16 +1,11 @@
-"""Curriculum learning: which examples a model sees when, from a difficulty score.
+"""Curriculum learning: the seeds' loop, the statistics and the plots around 07's curriculum.
 
-    scores = curriculum.loss_scores(scoring_model, train_set)        # or difficulty_scores(records)
-    sched = curriculum.Schedule("easy_to_hard", pacing_steps=150, start=0.2)
-    batches = curriculum.paced_batches(train_set, scores, batch_size=8, schedule=sched, seed=0)
+The curriculum itself (the out-of-fold loss scores and the competence-based pacing sampler) is
+written in the notebook; this module runs what the notebook builds and summarizes it:
 
-Pacing is competence-based (Platanios et al. 2019): at step t the batch is drawn uniformly from
-the easiest c(t) share of the examples, c(t) = min(1, sqrt(t (1 - c0^2) / T + c0^2)), growing
-from c0 to 1 over T pacing steps. Random order is the same sampler with c(t) = 1 from the start,
-and hard-to-easy draws from the hardest share instead: each variant is the baseline plus one
-switch. Loss-based scores follow Wu, Dyer & Neyshabur 2021: a scoring model's loss on each
-training example; mislabeled examples get a high loss (the model disagrees with their label),
-so they land at the hard end and an easy-to-hard schedule postpones them.
+    results = curriculum.over_seeds(make_head, lambda seed: paced_batches(train_set, scores, seed),
+                                    cfg, seeds=p.seeds, evaluate=evaluate)
+    summary = curriculum.RunSummary.of(results, target)     # steps/FLOPs to target over seeds
 """
 from __future__ import annotations
 
@@ -23,50 +18,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .. import data, meter, probe
-from ..evaluation import eval_mode
+from .. import probe
 from ..train import TrainConfig, TrainResult, train
 
-ORDERS = ("random", "easy_to_hard", "hard_to_easy")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    order: str  # random | easy_to_hard | hard_to_easy
-    pacing_steps: int = 1  # T: steps until every example is in play
-    start: float = 0.2  # c0: share of the examples in play at step 0
-
-    def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if not 0 < self.start <= 1 or self.pacing_steps < 1:
-            raise ValueError("start must be in (0, 1] and pacing_steps >= 1")
-
-
-def competence(step: int, pacing_steps: int, start: float) -> float:
-    """Share of the examples in play at `step` (Platanios et al.'s square-root pacing)."""
-    return min(1.0, math.sqrt(step * (1 - start ** 2) / pacing_steps + start ** 2))
-
-
-def paced_batches(encoded: dict[str, torch.Tensor], scores: torch.Tensor | None, batch_size: int, *,
-                  schedule: Schedule, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches drawn uniformly from the examples in play (lowest scores = easiest)."""
-    n = data.num_examples(encoded)
-    if schedule.order == "random":
-        by_difficulty = torch.arange(n)  # every example in play from step 1: order is irrelevant
-    else:
-        if scores is None or len(scores) != n:
-            raise ValueError(f"order {schedule.order!r} needs one score per example ({n})")
-        # A stable sort makes ties (equal difficulty) resolve the same way on every machine.
-        by_difficulty = torch.argsort(scores, stable=True, descending=schedule.order == "hard_to_easy")
-    generator = torch.Generator().manual_seed(seed)
-    step = 0
-    while True:
-        step += 1
-        share = 1.0 if schedule.order == "random" else competence(step, schedule.pacing_steps, schedule.start)
-        in_play = max(batch_size, math.ceil(share * n))
-        chosen = by_difficulty[torch.randint(in_play, (batch_size,), generator=generator)]
-        yield {k: v[chosen] for k, v in encoded.items()}
+Batches = Iterator[dict[str, torch.Tensor]]
 
 
 def difficulty_scores(records: list[dict]) -> torch.Tensor:
@@ -74,68 +29,19 @@ def difficulty_scores(records: list[dict]) -> torch.Tensor:
     return torch.tensor([float(r["difficulty"]) for r in records])
 
 
-@torch.no_grad()
-def loss_scores(model: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-    """Each example's loss under a trained scoring model (its own label, however wrong)."""
-    with eval_mode(model):
-        out = []
-        for batch in data.eval_batches(encoded, batch_size):
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            out.append(nn.functional.cross_entropy(logits, labels, reduction="none"))
-    return torch.cat(out)
-
-
-def cross_fitted_loss_scores(fit: Callable[[dict, int], nn.Module], encoded: dict[str, torch.Tensor], *,
-                             folds: int = 2, seed: int = 0) -> torch.Tensor:
-    """Each example's loss under a scoring model trained on the other folds, never on it.
-
-    A model scores the examples it was trained on by how well it memorized them: a flipped
-    label it has fitted looks easy. Scored out of fold, a mislabeled example is one the model
-    confidently disagrees with, and it lands at the hard end (the idea of cross-validated
-    noise detection, e.g. confident learning). fit(encoded_subset, seed) -> trained model.
-    """
-    n = data.num_examples(encoded)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    scores = torch.empty(n)
-    for k in range(folds):
-        held = order[k::folds]
-        rest = order[torch.arange(n) % folds != k]
-        model = fit({name: v[rest] for name, v in encoded.items()}, seed + k)
-        scores[held] = loss_scores(model, {name: v[held] for name, v in encoded.items()})
-    return scores
-
-
-def train_paced(make_model: Callable[[int], nn.Module], train_set: dict[str, torch.Tensor],
-                scores: torch.Tensor | None, schedule: Schedule, cfg: TrainConfig, *, batch_size: int,
-                seed: int, evaluate=None) -> tuple[nn.Module, TrainResult]:
-    """One run: a fresh model make_model(seed), batches paced by `schedule`, cfg with this seed.
+def train_once(make_model: Callable[[int], nn.Module], batches: Batches, cfg: TrainConfig, *, seed: int,
+               evaluate=None) -> tuple[nn.Module, TrainResult]:
+    """One run: a fresh model make_model(seed) trained on `batches` with cfg at this seed.
     The same seed gives every order the same initial weights: seeds pair the variants."""
     model = make_model(seed)
-    batches = paced_batches(train_set, scores, batch_size, schedule=schedule, seed=seed)
     with probe.one_thread():  # a small model's steps: see probe.one_thread
         return model, train(model, batches, dataclasses.replace(cfg, seed=seed), evaluate=evaluate)
 
 
-def score_by_loss(make_model: Callable[[int], nn.Module], train_set: dict[str, torch.Tensor],
-                  cfg: TrainConfig, *, batch_size: int, folds: int = 2, seed: int = 0) -> tuple[torch.Tensor, int]:
-    """Cross-fitted loss scores from ordinary random-order runs (one per fold), and what they
-    cost in FLOPs: the scoring models' training plus one forward pass over every example."""
-    spent: list[int] = []
-    models: list[nn.Module] = []
-
-    def fit(subset: dict[str, torch.Tensor], fold_seed: int) -> nn.Module:
-        model, result = train_paced(make_model, subset, None, Schedule("random"),
-                                    dataclasses.replace(cfg, eval_every=None), batch_size=batch_size,
-                                    seed=fold_seed)
-        spent.append(result.total_flops)
-        models.append(model)
-        return model
-
-    scores = cross_fitted_loss_scores(fit, train_set, folds=folds, seed=seed)
-    # Each example is scored once, by one fold's model: one forward pass over the whole set.
-    forward = meter.count_flops(lambda: loss_scores(models[0], train_set))
-    return scores, sum(spent) + forward
+def over_seeds(make_model: Callable[[int], nn.Module], sampler: Callable[[int], Batches], cfg: TrainConfig, *,
+               seeds, evaluate=None) -> list[TrainResult]:
+    """train_once for every seed, on sampler(seed)'s batches: one result per seed."""
+    return [train_once(make_model, sampler(seed), cfg, seed=seed, evaluate=evaluate)[1] for seed in seeds]
 
 
 def first_reaching(result, target: float) -> tuple[int | None, int | None]:
@@ -192,3 +98,39 @@ class RunSummary:
 def finite_or_none(value: float) -> float | None:
     """For the ledger, which stores numbers only: 'never reached' (infinite) is left out."""
     return None if math.isinf(value) else value
+
+
+def plot_scores(ax, values: torch.Tensor, marked: torch.Tensor, title: str) -> None:
+    """Histogram of a difficulty score, the `marked` examples (flipped labels) apart."""
+    bins = torch.linspace(float(values.min()), float(values.max()), 30).tolist()
+    ax.hist(values[~marked].tolist(), bins=bins, alpha=0.6, label="label correct")
+    ax.hist(values[marked].tolist(), bins=bins, alpha=0.6, label="label flipped")
+    ax.set(title=title, xlabel="score (higher = harder)", ylabel="reviews")
+    ax.legend(fontsize=8)
+
+
+def plot_curves(ax, runs: dict[str, list[TrainResult]], target: float, *, bold=()) -> None:
+    """Validation accuracy over steps: the median over seeds (line) and their range (band)."""
+    for variant, results in runs.items():
+        curves = torch.tensor([[pt.metric for pt in r.points if pt.metric is not None] for r in results])
+        steps = [pt.step for pt in results[0].points if pt.metric is not None]
+        ax.plot(steps, curves.median(0).values, label=variant, lw=2 if variant in bold else 1)
+        ax.fill_between(steps, curves.min(0).values, curves.max(0).values, alpha=0.12)
+    ax.axhline(target, color="k", ls=":", lw=1)
+    ax.set(xlabel="optimizer step", ylabel="validation accuracy (clean labels)")
+
+
+def summary_table(summaries: dict[tuple[str, str], RunSummary], scoring_flops: dict[str, int], target: float):
+    """One row per (label set, order:score): steps and FLOPs to the target, final accuracy."""
+    import pandas as pd
+
+    rows = []
+    for (name, variant), summary in summaries.items():
+        rows.append({"labels": name, "order:score": variant,
+                     f"steps to {target:.0%}, median [range]": summary.steps.text(),
+                     "seeds reaching it": f"{summary.steps.reached}/{summary.steps.seeds}",
+                     "training GFLOP to target": (finite_or_none(summary.flops.median) or math.nan) / 1e9,
+                     "+ scoring GFLOP": (scoring_flops[name] if variant.endswith(":loss") else 0) / 1e9,
+                     "final accuracy, median [range]": summary.final.text("{:.3f}")})
+    return pd.DataFrame(rows).set_index(["labels", "order:score"]).style.format(
+        "{:.3f}", subset=["training GFLOP to target", "+ scoring GFLOP"], na_rep="never")

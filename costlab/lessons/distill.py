@@ -1,22 +1,18 @@
-"""Knowledge distillation: a small student trained on a large teacher's soft targets.
+"""Distillation (08): the teacher, the vocabulary bookkeeping and the training loop around it.
 
-    teacher = distill.EncoderClassifier(encoder)                       # fine-tune it first
+The distillation loss and the student's construction (a copy of the teacher with fewer blocks
+and a trimmed embedding table) are written in the notebook; this module fine-tunes the teacher,
+finds the tokens the domain uses, computes the teacher's soft targets once, picks a temperature
+from them, and trains a student the notebook built with the loss the notebook wrote:
+
+    teacher = distill.fine_tune(encoder, tokenizer, records, ...).model
     vocab = distill.domain_vocabulary(tokenizer, texts, seq_len)       # the tokens the domain uses
-    student = distill.make_student(teacher, layers=1, vocab=vocab)     # teacher's layers, fewer
     targets = distill.soft_targets(teacher, train_set)                 # teacher logits, once
     T = distill.soft_temperature(targets)                              # soft enough to teach
-    train(student, data.batches({**vocab.remap(train_set), "teacher_logits": targets}, 8), cfg,
-          loss_fn=distill.kd_loss_fn(temperature=T, alpha=0.5))        # alpha=0: hard labels only
-
-The student follows DistilBERT (Sanh et al. 2019): the teacher's architecture with fewer blocks,
-initialized from every other teacher block. Depth alone does not shrink MiniLM much (its word
-embedding table is half the parameters), so the student also keeps only the embedding rows of
-the tokens the domain's texts use; any other token reads as [UNK], which is what trimming costs
-on text with new words (measure it on the held-out-vocabulary split).
+    distill.train_student(student, vocab.remap(train_set), targets, kd_loss, steps=..., ...)
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -25,7 +21,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .. import data, meter, models, probe
+from .. import data, probe
 from ..evaluation import eval_mode
 from ..probe import Head
 
@@ -95,14 +91,6 @@ def fine_tune(encoder: nn.Module, tokenizer, records: list[dict], *, seq_len: in
     return FineTuned(model, encoder_flops + probed.total_flops, tuned.total_flops)
 
 
-def spaced_layers(total: int, keep: int) -> list[int]:
-    """Which teacher blocks a `keep`-block student copies: evenly spaced, from the first
-    (DistilBERT takes one block in two: 6 -> [0, 2, 4])."""
-    if not 1 <= keep <= total:
-        raise ValueError(f"a student keeps between 1 and {total} blocks, got {keep}")
-    return [i * total // keep for i in range(keep)]
-
-
 @dataclass(frozen=True)
 class DomainVocabulary:
     """The encoder's token ids the domain's texts use, mapped to compact rows 0..n-1."""
@@ -138,49 +126,6 @@ def domain_vocabulary(tokenizer, texts: list[str], seq_len: int) -> DomainVocabu
     return DomainVocabulary(token_ids, lookup)
 
 
-def trim_embeddings(encoder: nn.Module, vocab: DomainVocabulary) -> None:
-    """Replace the input embedding table by its rows for `vocab` (in place)."""
-    rows = encoder.get_input_embeddings().weight[vocab.token_ids].detach().clone()
-    encoder.set_input_embeddings(nn.Embedding.from_pretrained(rows, freeze=False))
-    encoder.config.vocab_size = len(vocab)
-
-
-def make_student(teacher: EncoderClassifier, *, layers: int, vocab: DomainVocabulary | None = None) -> EncoderClassifier:
-    """A copy of the teacher with `layers` evenly spaced blocks and (optionally) a trimmed
-    vocabulary; everything it keeps starts from the teacher's trained weights."""
-    student = copy.deepcopy(teacher)
-    models.keep_blocks(student.encoder, spaced_layers(len(models.transformer_blocks(teacher.encoder)), layers))
-    if vocab is not None:
-        trim_embeddings(student.encoder, vocab)
-    for param in student.parameters():
-        param.requires_grad_(True)
-    return student
-
-
-def train_student(teacher: EncoderClassifier, train_set: dict[str, torch.Tensor], targets: torch.Tensor, *,
-                  layers: int, steps: int, lr: float, batch_size: int, temperature: float, alpha: float,
-                  seed: int, vocab: DomainVocabulary | None = None, freeze_embeddings: bool = False,
-                  calibration: int = 64):
-    """Build a student (see make_student) and train it on the teacher's soft targets mixed with
-    the labels (alpha=0: labels only). Returns (student, costlab.train.TrainResult).
-
-    calibration: training examples whose states set the head's standardization; the student's
-    last block is one of the teacher's earlier ones, with its own output statistics.
-    freeze_embeddings: keep the word-embedding table as the teacher's (for an untrimmed one).
-    """
-    from ..train import TrainConfig, train
-
-    student = make_student(teacher, layers=layers, vocab=vocab)
-    if freeze_embeddings:
-        student.encoder.get_input_embeddings().weight.requires_grad_(False)
-    encoded = vocab.remap(train_set) if vocab is not None else train_set
-    student.calibrate({k: v[:calibration] for k, v in encoded.items()})
-    batches = data.batches({**encoded, "teacher_logits": targets}, batch_size, seed=seed)
-    result = train(student, batches, TrainConfig(steps=steps, lr=lr, seed=seed, progress=False),
-                   loss_fn=kd_loss_fn(temperature=temperature, alpha=alpha))
-    return student, result
-
-
 @torch.no_grad()
 def soft_targets(teacher: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits on every example, computed once (offline distillation)."""
@@ -202,11 +147,8 @@ def soft_temperature(teacher_logits: torch.Tensor, *, confidence: float = 0.9) -
 
     Soft targets teach only where they are soft: "when the soft targets have high entropy, they
     provide much more information per training case than hard targets" (Hinton et al. 2015). How
-    high T must be depends on the teacher's logit scale, which fine-tuning sets: the cpu-profile
-    teacher's median logit margin was 44, so at T=4 its targets still read 0.99998, one-hot. On
-    256 labelled reviews (cpu, 08) the T this returns (20.1) took the distilled student to a
-    median 0.996 where the hard-label one reached 0.844; with all 2000 labels soft targets add
-    nothing at either T (hard 1.000; distilled 0.980 at T=4, 0.994 at T=20, side runs, 3 seeds).
+    high T must be depends on the teacher's logit scale, which fine-tuning sets: with two classes,
+    p = sigmoid(margin / T), so a median logit margin of 44 still reads 0.99998 at T = 4, one-hot.
     """
     classes = teacher_logits.shape[-1]
     if not 1 / classes < confidence < 1:
@@ -222,31 +164,25 @@ def soft_temperature(teacher_logits: torch.Tensor, *, confidence: float = 0.9) -
     return math.exp(high)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
-            temperature: float, alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels) (Hinton et al.
-    2015). T > 1 softens both distributions so the student sees how much the teacher prefers
-    each class; T^2 keeps the soft term's gradients on the hard term's scale."""
-    hard = nn.functional.cross_entropy(student_logits, labels)
-    if alpha == 0:
-        return hard
-    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits / temperature, -1),
-                                nn.functional.log_softmax(teacher_logits / temperature, -1),
-                                reduction="batchmean", log_target=True)
-    return alpha * temperature ** 2 * soft + (1 - alpha) * hard
+def train_student(student: EncoderClassifier, examples: dict[str, torch.Tensor], targets: torch.Tensor,
+                  loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *, steps: int,
+                  lr: float, batch_size: int, seed: int, calibration: int = 64):
+    """Train `student` on `examples` (already in its vocabulary) with the teacher's logits
+    `targets` beside each example: loss(student_logits, teacher_logits, labels) per batch.
+    Returns costlab.train.TrainResult.
 
+    calibration: training examples whose states set the head's standardization first; a student
+    whose last block is one of the teacher's earlier ones has its own output statistics.
+    """
+    from ..train import TrainConfig, train
 
-def kd_loss_fn(*, temperature: float = 4.0, alpha: float = 0.5) -> Callable[[nn.Module, dict], torch.Tensor]:
-    """A loss_fn for costlab.train.train on batches carrying "teacher_logits"; alpha=0 trains
-    on the hard labels alone (the baseline), with everything else identical."""
-    if temperature <= 0 or not 0 <= alpha <= 1:
-        raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+    student.calibrate({k: v[:calibration] for k, v in examples.items()})
+    batches = data.batches({**examples, "teacher_logits": targets}, batch_size, seed=seed)
 
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
-        return kd_loss(model(**inputs).logits, batch["teacher_logits"], batch["labels"],
-                       temperature=temperature, alpha=alpha)
-    return loss_fn
+        return loss(model(**inputs).logits, batch["teacher_logits"], batch["labels"])
+    return train(student, batches, TrainConfig(steps=steps, lr=lr, seed=seed, progress=False), loss_fn=loss_fn)
 
 
 def model_bytes(model: nn.Module) -> int:

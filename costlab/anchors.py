@@ -69,9 +69,9 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor(("10",), "DDP: near-linear scaling to 256 GPUs", "PyTorch 1.5", "Li et al. 2020, arXiv 2006.15704"),
     Anchor(("11",), "ZeRO: 16 bytes/param for mixed-precision Adam; stage 1: 4x, stage 2: 8x, stage 3: N x less per GPU",
            "N data-parallel GPUs", "Rajbhandari et al. 2020 (ZeRO)"),
-    Anchor(("13",), "bert-large on a V100: 14.9 GB, 57.8 s -> with accumulation, checkpointing, fp16, 8-bit Adam: 5.4 GB, 49.5 s",
+    Anchor(("14",), "bert-large on a V100: 14.9 GB, 57.8 s -> with accumulation, checkpointing, fp16, 8-bit Adam: 5.4 GB, 49.5 s",
            "batch 4, 512 tokens", "Hugging Face perf_train_gpu_one (v4.27 era)", 14.9 / 5.4, "peak_mem_bytes"),
-    Anchor(("13",), "Mixed precision: 1.5-5.5x on V100, a further 1.3-2.5x on A100", "8 GPUs",
+    Anchor(("14",), "Mixed precision: 1.5-5.5x on V100, a further 1.3-2.5x on A100", "8 GPUs",
            "PyTorch blog, 'What every user should know about mixed precision training'"),
 )
 

@@ -62,7 +62,7 @@ class Profile:
     # 08's teacher fine-tuning learning rate: a deeper encoder needs a smaller one (the 6-block
     # MiniLM measured 0.916 test accuracy at 1e-4, 0.998 at 3e-5, 0.47 at 3e-4; 2 blocks: 0.996 at 1e-4).
     teacher_lr: float
-    # The capstone's fine-tuning job (13), run once per step of the stack: few tokens per step,
+    # The capstone's fine-tuning job (14), run once per step of the stack: few tokens per step,
     # so the weights and optimizer states the cuts shrink outweigh the LM head's logits (vocab-
     # sized per token), which no cut shrinks.
     stack_seq_len: int

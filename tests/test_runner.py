@@ -32,7 +32,7 @@ def two_notebooks(tmp_path, monkeypatch):
     folder.mkdir()
     _notebook(folder / "00_measuring_cost.ipynb", GOOD)
     _notebook(folder / "01_fine_tune_dont_pretrain.ipynb", BAD)
-    monkeypatch.setattr(course, "NOTEBOOK_DIR", folder)
+    monkeypatch.setattr(course.manifest, "NOTEBOOK_DIR", folder)  # where Lesson.path looks
     return folder
 
 
@@ -64,7 +64,7 @@ def test_ctrl_c_stops_the_course_instead_of_failing_the_notebook(two_notebooks, 
     _notebook(two_notebooks / "00_measuring_cost.ipynb",
               f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(300)")
     script = ("import sys, pathlib\nfrom costlab import course\nfrom costlab.__main__ import main\n"
-              f"course.NOTEBOOK_DIR = pathlib.Path({str(two_notebooks)!r})\nsys.exit(main(['course']))")
+              f"course.manifest.NOTEBOOK_DIR = pathlib.Path({str(two_notebooks)!r})\nsys.exit(main(['course']))")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:

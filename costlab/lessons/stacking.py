@@ -1,4 +1,4 @@
-"""The capstone (13): the cuts stacked one at a time on one causal-LM fine-tuning job, each step
+"""The capstone (14): the cuts stacked one at a time on one causal-LM fine-tuning job, each step
 run and measured in a fresh process (`workloads.lm_training`), the estimator (`costlab.lessons.plans`)
 checked against the measurements, then asked the question a team asks: the cheapest plan that
 fits a memory budget and a quality bound.

@@ -32,3 +32,14 @@ def test_hosted_runtimes_are_recognised():
     assert _run(code).stdout.strip() == "None"
     assert _run(code, KAGGLE_KERNEL_RUN_TYPE="Interactive").stdout.strip() == "Kaggle"
     assert _run(code, COLAB_RELEASE_TAG="release-colab").stdout.strip() == "Colab"
+
+
+def test_every_notebook_runs_the_setup_first():
+    """A fresh hosted runtime meets costlab_setup before any `import costlab` (otherwise the first cell fails with an ImportError)."""
+    import nbformat
+
+    for path in sorted(NOTEBOOKS.rglob("*.ipynb")):
+        first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        line = first.source.splitlines()[0]
+        relative = "../costlab_setup.py" if path.parent.name == "solutions" else "costlab_setup.py"
+        assert line.startswith(f"%run {relative}"), f"{path.name}: first code line is {line!r}"

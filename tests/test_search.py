@@ -92,3 +92,59 @@ def test_head_curve_is_deterministic_and_charges_its_evaluations():
     b = search.head_curve(split, val, params, steps=6, batch_size=4, eval_every=3)
     assert a == b and a.steps == (3, 6) and a.eval_flops > 0 and a.flops_per_step > 0
     assert a.cost(6, 2) == 6 * a.flops_per_step + 2 * a.eval_flops
+
+
+def _live_objective(rungs=(10, 30, 90)):
+    """A live objective of the shape lesson 09 writes: reports at rungs, prunes, charges its compute."""
+    def objective(trial):
+        lr = trial.suggest_categorical("lr", SPACE["lr"])
+        width = trial.suggest_categorical("width", SPACE["width"])
+        final = 1 - abs(lr - 0.3) - 0.01 * (2 - width)
+        for i, step in enumerate(rungs, start=1):
+            value = final * step / rungs[-1]
+            trial.set_user_attr("flops", step * 100 + i * 7)
+            trial.set_user_attr("steps", step)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+    return objective
+
+
+def test_median_to_reach_and_best_value_over_searches():
+    searches = []
+    for seed in (0, 1, 2):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                    pruner=optuna.pruners.NopPruner())
+        study.optimize(_live_objective(), n_trials=8)
+        searches.append(search.spent(study.trials))
+    best = search.best_value(searches)
+    assert best == pytest.approx(1.0)  # lr 0.3, width 2 is in the space
+    reach = [sp.to_reach(0.99 * best)[0] for sp in searches]
+    assert search.median_to_reach(searches, 0.99 * best) == statistics.median(math.inf if r is None else r for r in reach)
+    assert search.median_to_reach(searches, 2.0) == math.inf  # nobody reaches it: infinite, not a crash
+
+
+def test_interrupted_objective_fails_after_its_first_report_and_recording_lists_calls():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(search.recording(search.interrupted(_live_objective(), 2), calls), n_trials=5)
+    assert calls == [0, 1, 2]
+    failed = study.trials[2]
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.params and list(failed.intermediate_values) == [10]
+    assert search.spent(study.trials).flops[-1] == 2 * (90 * 100 + 21) + 10 * 100 + 7  # its partial work counts
+
+
+def test_head_flops_counts_once_per_width_and_charges_steps_and_evaluations():
+    import torch
+
+    from costlab import data
+
+    torch.manual_seed(0)
+    split = {"hidden": torch.randn(32, 5, 8), "attention_mask": torch.ones(32, 5, dtype=torch.long),
+             "labels": torch.randint(0, 2, (32,))}
+    flops = search.HeadFlops(split, data.eval_batches(split, 16), batch_size=4)
+    step, evaluation = flops.per_step_and_eval(4)
+    assert step > 0 and evaluation > 0 and flops.per_step_and_eval(16)[0] > step  # a wider head costs more
+    assert flops.spent(4, steps=10, evaluations=2) == 10 * step + 2 * evaluation

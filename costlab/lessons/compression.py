@@ -1,13 +1,13 @@
-"""Pruning and quantization, measured (notebook 06): smaller models that cost less to serve.
+"""Pruning and quantization, measured (notebook 06): the helpers that find the layers, copy,
+store and count bytes. The cuts themselves (prune.l1_unstructured, the FFN slicing,
+quantize_dynamic, the NF4 load) are written in the notebook.
 
-What each variant changes, and so what it can save:
-  unstructured pruning (torch.nn.utils.prune)  zeros in the same dense tensors, plus a mask:
-      saves nothing until the weights are stored sparse (CSR), and a sparse matmul is faster
-      only at high sparsity;
-  structured pruning (`prune_ffn`)             physically smaller Linear layers: fewer bytes
-      and fewer FLOPs;
-  dynamic int8 (`quantize_int8`)               int8 weights, activations quantized on the fly;
-  NF4 (`load_nf4`, bitsandbytes)               4-bit weights, dequantized block by block.
+What each cut changes, and so what it can save:
+  unstructured pruning (masks)   zeros in the same dense tensors, plus a mask: saves nothing until
+      the weights are stored sparse (CSR, `to_sparse_storage`), smaller only at high sparsity;
+  structured pruning             physically smaller Linear layers: fewer bytes and fewer FLOPs;
+  dynamic int8                   int8 weights, activations quantized on the fly;
+  NF4 (bitsandbytes)             4-bit weights, dequantized block by block.
 Bytes are measured as the serialized state dict (`stored_bytes`): what you ship and load, and
 the only measure that sees packed int8 weights, which are neither parameters nor buffers.
 """
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import copy
 import io
-import tempfile
 import warnings
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .. import meter, models
+from .. import models
 from ..estimate import NF4_DQ_BYTES_PER_WEIGHT
 
 
@@ -50,6 +49,13 @@ def block_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in ids}
 
 
+def linears_by_block(model: nn.Module) -> list[list[str]]:
+    """The names of each transformer block's Linear layers, block by block (for a per-block scan)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [[names[id(m)] for m in block.modules() if isinstance(m, nn.Linear)]
+            for block in models.transformer_blocks(backbone(model))]
+
+
 def linear_bytes(model: nn.Module, names) -> int:
     """Stored bytes of the named layers (the same names before and after quantization)."""
     return sum(stored_bytes(model.get_submodule(n)) for n in names)
@@ -71,25 +77,6 @@ def copy_model(model: nn.Module) -> nn.Module:
                 if isinstance(hook, prune.BasePruningMethod):
                     setattr(module, hook._tensor_name, hook.apply_mask(module))
     return copy.deepcopy(model)
-
-
-def prune_unstructured(model: nn.Module, sparsity: float) -> nn.Module:
-    """A copy whose block Linear weights have their smallest |w| zeroed, per layer, by masks
-    (`prune.l1_unstructured`): each layer now holds weight_orig + weight_mask."""
-    pruned = copy_model(model)
-    if sparsity > 0:
-        with torch.no_grad():  # the masked weight is then a leaf, so the model can be copied
-            for layer in block_linears(pruned).values():
-                prune.l1_unstructured(layer, name="weight", amount=sparsity)
-    return pruned
-
-
-def remove_masks(model: nn.Module) -> nn.Module:
-    """Make pruning permanent (`prune.remove`): a plain dense weight that contains zeros."""
-    for layer in block_linears(model).values():
-        if prune.is_pruned(layer):
-            prune.remove(layer, "weight")
-    return model
 
 
 class SparseLinear(nn.Module):
@@ -117,16 +104,14 @@ class SparseLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def to_sparse_storage(model: nn.Module) -> nn.Module:
-    """A copy with every (pruned) block Linear stored as CSR."""
-    sparse = remove_masks(copy_model(model))
+    """A copy with every block Linear stored as CSR. The pruning must be permanent first
+    (`prune.remove`): CSR stores the zeros of a plain weight, not a mask."""
+    sparse = copy.deepcopy(model)
     for name, layer in block_linears(sparse).items():
-        _replace(sparse, name, SparseLinear(layer))
+        if prune.is_pruned(layer):
+            raise ValueError(f"{name} still holds a pruning mask: call prune.remove(layer, 'weight') first")
+        sparse.set_submodule(name, SparseLinear(layer))
     return sparse
 
 
@@ -146,105 +131,6 @@ def ffn_pairs(model: nn.Module) -> list[tuple[list[str], str]]:
         up = [names[id(m)] for m in linears if m.in_features == hidden and m.out_features == width]
         pairs.append((up, names[id(down[0])]))
     return pairs
-
-
-def _sliced(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
-    """A new, smaller Linear with only the `keep` rows (dim=0, outputs) or columns (dim=1)."""
-    weight = layer.weight.detach().index_select(dim, keep)
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
-    new.weight.data.copy_(weight)
-    if layer.bias is not None:
-        new.bias.data.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[keep])
-    return new
-
-
-def prune_ffn(model: nn.Module, keep: float) -> nn.Module:
-    """A copy with only the `keep` fraction of each block's FFN neurons, physically removed.
-
-    A neuron's importance: the norm of its input weights (summed over gate and up projections)
-    times the norm of its output weights: a neuron whose in- or out-weights are small changes
-    the block's output little (magnitude pruning at the granularity of whole neurons).
-    """
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
-    pruned = copy_model(model)
-    for up_names, down_name in ffn_pairs(pruned):
-        down = pruned.get_submodule(down_name)
-        score = down.weight.detach().norm(dim=0)
-        score = score * sum(pruned.get_submodule(n).weight.detach().norm(dim=1) for n in up_names)
-        kept = score.topk(max(1, round(keep * down.in_features))).indices.sort().values
-        for n in up_names:
-            _replace(pruned, n, _sliced(pruned.get_submodule(n), kept, dim=0))
-        _replace(pruned, down_name, _sliced(down, kept, dim=1))
-    if hasattr(backbone(pruned).config, "intermediate_size"):
-        backbone(pruned).config.intermediate_size = len(kept)
-    return pruned
-
-
-def quantize_int8(model: nn.Module, *, embeddings: bool = False) -> nn.Module:
-    """Dynamic int8 quantization (weights int8 per tensor, activations quantized per batch at run
-    time; fbgemm/x86 kernels on CPU) of every Linear in the transformer blocks, and optionally of the word
-    embedding table (8-bit rows with their own scale and offset).
-
-    torch 2.13 still ships `torch.ao.quantization.quantize_dynamic` and its fused CPU kernels,
-    marked deprecated in favour of torchao, whose int8 path on CPU is a Python tensor subclass
-    without fused int8 kernels; so the kit uses torch.ao and silences its deprecation warnings
-    here, in one place.
-    """
-    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
-
-    # The blocks' Linear layers only (`block_linears`, what pruning acts on too): the classifier
-    # head stays fp32, as NF4 leaves it. Its few weights save nothing worth having, and one
-    # per-tensor scale over a 2-row head rounds away the small margins between the classes.
-    spec: dict = {name: default_dynamic_qconfig for name in block_linears(model)}
-    if embeddings:
-        table = backbone(model).get_input_embeddings()
-        name = next(n for n, m in model.named_modules() if m is table)
-        spec[name] = float_qparams_weight_only_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(copy_model(model).eval(), spec, dtype=torch.qint8)
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """The modules outside the backbone (a classifier head): kept in full precision by NF4."""
-    return [n for n, _ in model.named_children() if n != model.base_model_prefix]
-
-
-def load_nf4(model: nn.Module, tokenizer) -> nn.Module:
-    """The same weights reloaded with 4-bit NF4 blocks (bitsandbytes, double quantization), as a
-    learner does it: save, then `from_pretrained(..., quantization_config=BitsAndBytesConfig(...))`.
-    A head stays fp32 (tiny, and NF4's CPU kernel wants at least 64 output features); a wrapper
-    keeps its own head and gets the quantized encoder put in."""
-    from ..workloads import nf4_config
-
-    inner = backbone(model)
-    wrapped = inner is not model
-    config = nf4_config()
-    if not wrapped:
-        config.llm_int8_skip_modules = head_names(model)
-    with tempfile.TemporaryDirectory() as tmp, models._quiet_transformers():  # no progress bars
-        inner.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        quantized, _ = models.load(tmp, task="encoder" if wrapped else "classification",
-                                   quantization_config=config, num_labels=getattr(inner.config, "num_labels", 2))
-    if not wrapped:
-        return quantized.eval()
-    if getattr(inner, "pooler", "absent") is None and hasattr(quantized, "pooler"):
-        quantized.pooler = None  # the wrapper's head pools by itself (see distill.EncoderClassifier)
-    out = copy_model(model)
-    out.encoder = quantized
-    return out.eval()
-
-
-def latencies(variants: dict[str, nn.Module], batch: dict, *, warmup: int = 1, repeats: int = 3,
-              rounds: int = 3) -> dict[str, meter.Timing]:
-    """Inference time of one batch per variant, variants timed in turns (`meter.inference_latencies`)."""
-    return meter.inference_latencies({name: (m, batch) for name, m in variants.items()},
-                                     warmup=warmup, repeats=repeats, rounds=rounds)
 
 
 def csr_break_even_density(value_bytes: int = 4, index_bytes: int = 8) -> float:

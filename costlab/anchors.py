@@ -69,6 +69,13 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor(("10",), "DDP: near-linear scaling to 256 GPUs", "PyTorch 1.5", "Li et al. 2020, arXiv 2006.15704"),
     Anchor(("11",), "ZeRO: 16 bytes/param for mixed-precision Adam; stage 1: 4x, stage 2: 8x, stage 3: N x less per GPU",
            "N data-parallel GPUs", "Rajbhandari et al. 2020 (ZeRO)"),
+    Anchor(("13",), "Mixed precision: fp16 storage and arithmetic with fp32 master weights nearly halves memory, "
+           "accuracy matches fp32", "CNNs, RNNs, GANs on GPUs with tensor cores",
+           "Micikevicius et al. 2018, arXiv 1710.03740"),
+    Anchor(("13",), "FlashAttention: memory linear in sequence length (no L x L matrix stored); GPT-2 trains 3x faster "
+           "at 1K tokens", "A100", "Dao et al. 2022, arXiv 2205.14135"),
+    Anchor(("13",), "Cut Cross-Entropy: the loss computation's memory 24 GB -> 1 MB", "Gemma 2 (2B)",
+           "Wijmans et al. 2024, arXiv 2411.09009", 24e9 / 1e6, "activation_bytes"),
     Anchor(("14",), "bert-large on a V100: 14.9 GB, 57.8 s -> with accumulation, checkpointing, fp16, 8-bit Adam: 5.4 GB, 49.5 s",
            "batch 4, 512 tokens", "Hugging Face perf_train_gpu_one (v4.27 era)", 14.9 / 5.4, "peak_mem_bytes"),
     Anchor(("14",), "Mixed precision: 1.5-5.5x on V100, a further 1.3-2.5x on A100", "8 GPUs",

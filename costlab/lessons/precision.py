@@ -105,9 +105,21 @@ def flops_per_real_token(model: torch.nn.Module, batches: list[dict]) -> float:
 
 def summed_token_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     """The loss summed over every predicted real token (the mean loss x its token count per
-    batch): the same number whatever the batching, if the padding changes nothing."""
-    total = 0.0
-    with torch.no_grad():
-        for b in batches:
-            total += float(model(**b).loss) * int((b["labels"][:, 1:] != -100).sum())
+    batch): the same number whatever the batching, if the padding changes nothing. Dropout off
+    (eval mode), so that two batchings draw no different random masks."""
+    was_training, total = model.training, 0.0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                total += float(model(**b).loss) * int((b["labels"][:, 1:] != -100).sum())
+    finally:
+        model.train(was_training)
     return total
+
+
+def attention_dropout(model: torch.nn.Module) -> float:
+    """The attention-probability dropout of the model's config (Llama's `attention_dropout`,
+    GPT-2's `attn_pdrop`); 0.0 where it has none."""
+    config = model.config
+    return float(getattr(config, "attention_dropout", 0.0) or getattr(config, "attn_pdrop", 0.0) or 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -172,3 +173,21 @@ def device_record(device: Device | None = None) -> dict:
     """The device as stored on every ledger line: kind, name, count, memory."""
     d = device or detect()
     return {"kind": d.kind, "name": d.name, "count": d.count, "memory_bytes": d.memory_bytes}
+
+
+# Instruction sets whose bf16 matrix kernels run faster than fp32 ones on a CPU (oneDNN uses them).
+FAST_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (e.g. avx512_bf16, amx_bf16); empty where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags |= set(line.split(":", 1)[1].split())
+    return flags

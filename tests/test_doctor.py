@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from costlab import hardware
 from costlab.course import doctor
 
 CPUINFO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
@@ -11,13 +12,13 @@ CPUINFO_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"
 
 
 def test_a_cpu_with_avx512_bf16_is_said_to_have_fast_bf16():
-    found = {f.topic: f for f in doctor.device_findings(cuda=False, mps=False, flags=doctor.cpu_flags(CPUINFO_BF16))}
+    found = {f.topic: f for f in doctor.device_findings(cuda=False, mps=False, flags=hardware.cpu_flags(CPUINFO_BF16))}
     assert "avx512_bf16" in found["device"].text
     assert found["bf16"].status == "ok" and "avx512_bf16" in found["bf16"].text
 
 
 def test_a_cpu_without_bf16_kernels_is_told_bf16_will_not_speed_up():
-    found = {f.topic: f for f in doctor.device_findings(cuda=False, mps=False, flags=doctor.cpu_flags(CPUINFO_AVX2))}
+    found = {f.topic: f for f in doctor.device_findings(cuda=False, mps=False, flags=hardware.cpu_flags(CPUINFO_AVX2))}
     assert found["bf16"].status == "note" and "not expected to be faster" in found["bf16"].text
 
 

@@ -81,19 +81,6 @@ def package_findings(installed=_version, pins: dict[str, str] | None = None) -> 
     return found
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags |= set(line.split(":", 1)[1].split())
-    return flags
-
-
 def device_findings(cuda: bool | None = None, mps: bool | None = None, flags: set[str] | None = None) -> list[Finding]:
     import torch
 
@@ -104,8 +91,10 @@ def device_findings(cuda: bool | None = None, mps: bool | None = None, flags: se
         bf16 = "bf16 supported" if torch.cuda.is_bf16_supported() else "no bf16"
         return [Finding("device", "ok", f"CUDA: {props.name}, {props.total_memory / 2**30:.0f} GiB, {bf16}, "
                         f"{torch.cuda.device_count()} GPU(s)")]
-    flags = cpu_flags() if flags is None else flags
-    fast_bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    from .. import hardware
+
+    flags = hardware.cpu_flags() if flags is None else flags
+    fast_bf16 = sorted(flags & hardware.FAST_BF16_CPU_FLAGS)
     isa = ", ".join(sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})) or "none found"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from ..hardware import _cpu_name

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from .. import data, meter, models
-from ..course import doctor
-
-FAST_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
+from .. import data, hardware, meter, models
 
 
 def bf16_fast_here(flags: set[str] | None = None, cuda: bool | None = None) -> tuple[bool, str]:
     """(expected fast, why): bf16 matmuls beat fp32 on a CUDA GPU with bf16 units, or on a CPU
-    with AVX512-BF16 or AMX (the CPU flags are the doctor's reading of /proc/cpuinfo)."""
+    with AVX512-BF16 or AMX (the CPU flags are read from /proc/cpuinfo)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         ok = torch.cuda.is_bf16_supported()
         return ok, "CUDA GPU with bf16 support" if ok else "CUDA GPU without bf16 units"
-    found = sorted((doctor.cpu_flags() if flags is None else flags) & FAST_BF16_CPU_FLAGS)
+    found = sorted((hardware.cpu_flags() if flags is None else flags) & hardware.FAST_BF16_CPU_FLAGS)
     return bool(found), ", ".join(found) if found else "no AVX512-BF16 or AMX on this CPU"
 
 

@@ -12,27 +12,17 @@ CurveBook. Training is deterministic (fixed seed), so a search that trains a con
 exactly that curve; a trial stopped at step s is charged the FLOPs of s steps and of the
 evaluations it needed to be judged, as if it had trained live (a notebook checks the replay
 against a live run). The exhaustive grid fills the book; every other search reads from it.
-
-For an objective written in a notebook that trains live, the accounting alone:
-
-    flops = search.HeadFlops(train_set, val_batches, batch_size=32)   # FLOPs by head width
-    trial.set_user_attr("flops", flops.spent(hidden, steps=step, evaluations=k))   # in the objective
-    search.median_to_reach([search.spent(st.trials) for st in studies], threshold)
-
-A search is charged from its first trial until a completed trial first reaches the threshold:
-every trial before it, pruned or not, at what it spent (training steps and evaluations).
 """
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 
-from .. import data, ledger, meter, probe
+from .. import ledger
 
 
 @dataclass(frozen=True)
@@ -87,29 +77,6 @@ def head_curve(train_set: dict, val_batches: list[dict], params: dict, *, steps:
         eval_flops = probe.eval_flops(head, val_batches)
     points = [pt for pt in result.points if pt.metric is not None]
     return Curve(tuple(pt.step for pt in points), tuple(pt.metric for pt in points), result.flops_per_step, eval_flops)
-
-
-@dataclass
-class HeadFlops:
-    """FLOPs of one training step and of one evaluation of costlab.probe's head, by width.
-    Counted once per width with FlopCounterMode (exact, hardware-independent)."""
-    train_set: dict
-    val_batches: list[dict]
-    batch_size: int
-    _by_width: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-    def per_step_and_eval(self, hidden: int) -> tuple[int, int]:
-        if hidden not in self._by_width:
-            head = probe.build_head(self.train_set, hidden=hidden)
-            batch = next(data.batches(self.train_set, self.batch_size))
-            step = meter.count_flops(lambda: head(**batch).loss.backward())
-            self._by_width[hidden] = (step, probe.eval_flops(head, self.val_batches))
-        return self._by_width[hidden]
-
-    def spent(self, hidden: int, *, steps: int, evaluations: int) -> int:
-        """FLOPs of `steps` training steps and `evaluations` passes over the validation set."""
-        step, evaluation = self.per_step_and_eval(hidden)
-        return steps * step + evaluations * evaluation
 
 
 def grid(space: dict[str, list]) -> list[dict]:
@@ -183,17 +150,6 @@ def spent(trials: list[optuna.trial.FrozenTrial]) -> Spent:
     return Spent(*map(tuple, out))
 
 
-def median_to_reach(searches: list[Spent], threshold: float) -> float:
-    """Median over searches (seeds) of the FLOPs each spent to reach `threshold`; a search that
-    never reached it counts as infinite (the median stays finite while most reach it)."""
-    return statistics.median(math.inf if (f := sp.to_reach(threshold)[0]) is None else f for sp in searches)
-
-
-def best_value(*searches: list[Spent]) -> float:
-    """The best completed value any of the searches found."""
-    return max(sp.best[-1] for group in searches for sp in group if sp.best and not math.isnan(sp.best[-1]))
-
-
 def random_search_expected(values: list[float], costs: list[float], threshold: float) -> float:
     """Expected compute of random search at full budget (configurations drawn without
     replacement, each at its full cost) until one reaches `threshold`. Exact, from the
@@ -206,30 +162,6 @@ def random_search_expected(values: list[float], costs: list[float], threshold: f
     return sum(misses) / (len(hits) + 1) + sum(hits) / len(hits)
 
 
-def recording(objective: Callable[[optuna.Trial], float], calls: list[int]) -> Callable[[optuna.Trial], float]:
-    """The objective, appending each trial's number to `calls` (what a resumed study runs)."""
-    def run(trial: optuna.Trial) -> float:
-        calls.append(trial.number)
-        return objective(trial)
-    return run
-
-
-def interrupted(objective: Callable[[optuna.Trial], float], trial_number: int) -> Callable[[optuna.Trial], float]:
-    """The objective, raising KeyboardInterrupt in trial `trial_number` right after its first
-    report, as if the kernel were stopped mid-trial (Optuna records the trial as FAIL, keeps
-    its parameters and what it reported, and re-raises)."""
-    def run(trial: optuna.Trial) -> float:
-        if trial.number == trial_number:
-            report = trial.report
-
-            def report_then_stop(value: float, step: int) -> None:
-                report(value, step)
-                raise KeyboardInterrupt(f"stopped in trial {trial.number}, at step {step}")
-            trial.report = report_then_stop
-        return objective(trial)
-    return run
-
-
 def storage_url(name: str = "09_hyperparameter_search.db") -> str:
     """A SQLite file under COSTLAB_RESULTS: studies survive the process and can be resumed."""
     return f"sqlite:///{ledger.results_dir() / name}"
@@ -238,17 +170,3 @@ def storage_url(name: str = "09_hyperparameter_search.db") -> str:
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return study.get_trials(deepcopy=False, states=states)
-
-
-def plot_best_so_far(ax, searches: dict[str, tuple[list[Spent], str]], threshold: float) -> None:
-    """Best value so far against cumulative compute (GFLOP, log), one line per search and seed;
-    `searches` maps a label to (its seeds' Spent, a colour)."""
-    for label, (group, colour) in searches.items():
-        for i, sp in enumerate(group):
-            ax.step([f / 1e9 for f in sp.flops], sp.best, where="post", color=colour, lw=1.5, alpha=0.8,
-                    label=label if i == 0 else None)
-            hit = sp.to_reach(threshold)[0]
-            if hit is not None:
-                ax.plot(hit / 1e9, threshold, "o", color=colour, ms=5)
-    ax.axhline(threshold, color="k", ls=":", lw=1, label="within 1% of the best found")
-    ax.set(xscale="log", xlabel="cumulative compute (GFLOP, log)", ylabel="best validation accuracy so far")

@@ -71,6 +71,10 @@ class TrainResult:
         evaluated = [p.metric for p in self.points if p.metric is not None]
         return evaluated[-1] if evaluated else None
 
+    def first_reaching(self, target: float) -> CurvePoint | None:
+        """The first evaluated point at or above `target`; None if the run never reached it."""
+        return next((p for p in self.points if p.metric is not None and p.metric >= target), None)
+
     @property
     def train_seconds(self) -> float:
         return self.points[-1].seconds if self.points else 0.0

@@ -120,9 +120,9 @@ def ffn_pairs(model: nn.Module) -> list[tuple[list[str], str]]:
     BERT's intermediate/output dense, Llama's gate+up/down, DistilBERT's lin1/lin2. The width I
     is found as the input width of the layer that maps back to the model's hidden size."""
     hidden = backbone(model).config.hidden_size
+    names = {id(m): n for n, m in model.named_modules()}
     pairs = []
     for block in models.transformer_blocks(backbone(model)):
-        names = {id(m): n for n, m in model.named_modules()}
         linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
         down = [m for m in linears if m.out_features == hidden and m.in_features != hidden]
         if len(down) != 1:
@@ -137,7 +137,6 @@ def csr_break_even_density(value_bytes: int = 4, index_bytes: int = 8) -> float:
     """CSR stores each kept weight as a value and a column index: it is smaller than dense only
     when fewer than value / (value + index) of the weights remain (1/3 for fp32 with int64)."""
     return value_bytes / (value_bytes + index_bytes)
-
 
 
 # Predicted stored bytes per weight (the bias stays fp32 in every scheme). NF4 with double

@@ -44,12 +44,10 @@ def over_seeds(make_model: Callable[[int], nn.Module], sampler: Callable[[int], 
     return [train_once(make_model, sampler(seed), cfg, seed=seed, evaluate=evaluate)[1] for seed in seeds]
 
 
-def first_reaching(result, target: float) -> tuple[int | None, int | None]:
+def first_reaching(result: TrainResult, target: float) -> tuple[int | None, int | None]:
     """(step, cumulative training FLOPs) of the first evaluation at or above `target`."""
-    for point in result.points:
-        if point.metric is not None and point.metric >= target:
-            return point.step, point.flops
-    return None, None
+    point = result.first_reaching(target)
+    return (point.step, point.flops) if point else (None, None)
 
 
 def share_at_hard_end(scores: torch.Tensor, marked: torch.Tensor, share: float = 0.2) -> float:

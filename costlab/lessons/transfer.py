@@ -183,7 +183,8 @@ def arm_record(arms: list[Arm]) -> dict:
 
 def first_reaching(arm: Arm, threshold: float) -> int | None:
     """Cumulative training FLOPs at the arm's first evaluation at or above `threshold`."""
-    return next((p.flops for p in arm.result.points if p.metric is not None and p.metric >= threshold), None)
+    point = arm.result.first_reaching(threshold)
+    return point.flops if point else None
 
 
 def saving_by_target(races: list[tuple[Arm, Arm]], thresholds: list[float]):

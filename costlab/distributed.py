@@ -1,13 +1,14 @@
 """Launch torch.distributed jobs from a notebook: torchrun, a wall-clock timeout, each rank's
 result or error, and nothing left running afterwards.
 
-    results = launch("costlab.lessons.ddp_worker:run", nproc=2, timeout_s=300, steps=5)
+    results = launch("workers/ddp_worker.py:main", nproc=2, timeout_s=300, steps=5)
     results[0]["step_time_sec"]          # one dict per rank, in rank order
 
-Worker code lives in a costlab module: a function defined in a notebook cannot be sent to another
-process. Each rank runs `python -m costlab.rank SPEC OUT` under torchrun (see costlab/rank.py):
-it joins the process group (gloo on CPU, NCCL on GPUs), calls the function and writes its result
-or its error to files this launcher reads.
+The worker is a function in a script file (a notebook writes it with %%writefile, so the learner
+sees every line a rank runs; the script then calls `init_process_group` itself) or in a costlab
+module ("module:function"; the process group is then joined for it). Each rank runs
+`python -m costlab.rank SPEC OUT` under torchrun (see costlab/rank.py): it calls the function and
+writes its result or its error to files this launcher reads.
 
 - A rank that raises: torchrun stops the other ranks, and `LaunchFailed` names the rank and its
   error (the traceback's last lines).
@@ -104,7 +105,8 @@ def shell_command(nproc: int, *, nnodes: int = 1, rdzv_endpoint: str | None = No
 
 def launch(target: str, *, nproc: int = 1, timeout_s: float = 600, threads_per_rank: int = 1,
            torchrun: bool = True, pg_timeout_s: float | None = None, **kwargs) -> list[dict]:
-    """Run `module:function(**kwargs)` on `nproc` ranks; return each rank's dict, in rank order.
+    """Run `module:function(**kwargs)` or `script.py:function(**kwargs)` on `nproc` ranks;
+    return each rank's dict, in rank order.
 
     threads_per_rank: OMP/torch threads of each rank (on CPU, 1 gives each rank one core).
     torchrun=False: one plain process (no process group), with the same timeout and reports.
@@ -114,7 +116,12 @@ def launch(target: str, *, nproc: int = 1, timeout_s: float = 600, threads_per_r
     process of the job is gone.
     """
     if ":" not in target:
-        raise ValueError(f"target must be 'module:function', got {target!r}")
+        raise ValueError(f"target must be 'module:function' or 'path/to/script.py:function', got {target!r}")
+    where = target.rsplit(":", 1)[0]
+    if where.endswith(".py"):  # ranks may start elsewhere: hand them the script's absolute path
+        if not Path(where).is_file():
+            raise FileNotFoundError(f"worker script {where} not found: run the cell that writes it first")
+        target = f"{Path(where).resolve()}:{target.rsplit(':', 1)[1]}"
     if not torchrun and nproc != 1:
         raise ValueError("torchrun=False runs one plain process; use torchrun for nproc > 1")
     with tempfile.TemporaryDirectory(prefix="costlab-job-") as tmp:

@@ -1,9 +1,14 @@
 """What each rank of a job launched by `costlab.distributed.launch` runs, and where it stands.
 
 `python -m costlab.rank SPEC OUT` (under torchrun, or alone): send stdout/stderr to
-OUT/rank<r>.log, join the process group (gloo on CPU, NCCL on GPUs), call the worker function
-named in SPEC, and write OUT/rank<r>.json, or OUT/rank<r>.error.json with the traceback.
-Worker functions call `context()` to learn their rank, world size and device.
+OUT/rank<r>.log, call the worker function named in SPEC, and write OUT/rank<r>.json, or
+OUT/rank<r>.error.json with the traceback. Worker functions call `context()` to learn their rank,
+world size and device.
+
+The target is "module:function" or "path/to/script.py:function". A module's function runs in a
+process group this file joins for it (gloo on CPU, NCCL on GPUs); a script is the learner's own
+torchrun script (a notebook writes it with %%writefile), so it calls `init_process_group` itself,
+as it would when run with torchrun directly.
 """
 from __future__ import annotations
 
@@ -80,10 +85,12 @@ def _rank_main(spec_path: str, out_dir: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     try:
-        if "WORLD_SIZE" in os.environ:
+        where, func = spec["target"].rsplit(":", 1)
+        is_script = where.endswith(".py")
+        if "WORLD_SIZE" in os.environ and not is_script:
             _init_process_group(spec["pg_timeout_s"])
-        module, func = spec["target"].split(":")
-        result = getattr(importlib.import_module(module), func)(**spec["kwargs"])
+        module = _load_script(where) if is_script else importlib.import_module(where)
+        result = getattr(module, func)(**spec["kwargs"])
         _write_json(out / f"rank{rank}.json", dict(result or {}))
     except BaseException as exc:  # noqa: BLE001  (report everything, SystemExit included)
         frames = traceback.extract_tb(exc.__traceback__)
@@ -104,6 +111,22 @@ def _rank_main(spec_path: str, out_dir: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _load_script(path: str):
+    """Import a worker script by its path, as a module named after the file (not "__main__", so
+    its `if __name__ == "__main__":` block, for running it with torchrun directly, stays out)."""
+    import importlib.util
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"worker script {path} not found: write it first (the notebook's "
+                                "%%writefile cell), then launch it")
+    module_spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[file.stem] = module  # so pickling and dataclasses inside the script find it
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def _init_process_group(timeout_s: float) -> None:

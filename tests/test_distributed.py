@@ -25,6 +25,30 @@ def test_each_rank_result_in_rank_order_with_one_thread_each():
     assert all(r["threads"] == 1 and r["omp"] == "1" for r in results)
 
 
+SCRIPT = """
+import os
+import torch
+import torch.distributed as dist
+
+
+def main(value):
+    dist.init_process_group("gloo")  # the script joins its own group, as under plain torchrun
+    total = torch.tensor([float(value) * (dist.get_rank() + 1)])
+    dist.all_reduce(total)
+    return {"rank": dist.get_rank(), "sum": total.item(), "name": __name__}
+"""
+
+
+def test_a_script_written_by_a_notebook_runs_on_every_rank_and_joins_its_own_group(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(SCRIPT)
+    results = distributed.launch(f"{script}:main", nproc=2, timeout_s=180, value=2)
+    assert [r["sum"] for r in results] == [6.0, 6.0]  # 2*1 + 2*2: its own group's all-reduce ran
+    assert results[0]["name"] == "worker"  # imported, so its __main__ block does not run
+    with pytest.raises(FileNotFoundError, match="not found"):
+        distributed.launch(f"{tmp_path / 'missing.py'}:main", nproc=2, timeout_s=60)
+
+
 def test_failing_rank_is_named_with_its_error_and_the_job_stopped():
     started = time.perf_counter()
     with pytest.raises(distributed.LaunchFailed) as caught:

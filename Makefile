@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.costlab-installed
 
-.PHONY: setup course report test test-solutions test-pip-install soak lab readme doctor clean-results
+.PHONY: setup course report test test-solutions test-pip-install soak reference lab readme doctor clean-results
 
 setup: $(STAMP)
 
@@ -73,6 +73,15 @@ soak: $(STAMP)
 			--only $(subst $(comma), ,$(SOAK_CPU)) || true; \
 	fi; \
 	$(PY) -m costlab soak-table $$dir/*
+
+# A reference run to read before running: the whole course at REF_PROFILE (cpu: about an hour on
+# 2 cores; gpu on a GPU machine), packaged under reference/<profile>/ with its commit and machine.
+# A notebook that fails is packaged too (its error shows where it stopped), and make then fails.
+REF_PROFILE ?= cpu
+reference: $(STAMP)
+	@dir=results/reference-$(REF_PROFILE); \
+	HF_HUB_OFFLINE=1 COSTLAB_PROFILE=$(REF_PROFILE) COSTLAB_RESULTS=$$dir $(PY) -m costlab course --force; status=$$?; \
+	$(PY) -m costlab reference --results $$dir --profile $(REF_PROFILE) && exit $$status
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

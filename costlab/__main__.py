@@ -1,4 +1,4 @@
-"""`python -m costlab COMMAND`: course, report, merge, soak-table, readme, data."""
+"""`python -m costlab COMMAND`: course, report, merge, soak-table, reference, readme, data, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="directory for the merged ledger.jsonl and report.html")
     soak = sub.add_parser("soak-table", help="each claim's smallest margin over several runs (make soak)")
     soak.add_argument("results", nargs="+", type=Path, help="results directories (or ledger files)")
+    ref = sub.add_parser("reference", help="package an executed course run as reference/<profile>/ (make reference)")
+    ref.add_argument("--results", type=Path, required=True, help="the course run's results directory")
+    ref.add_argument("--profile", required=True, help="the profile it ran at (cpu, gpu)")
+    ref.add_argument("--out", type=Path, help="default: reference/<profile>/ in the repo")
     sub.add_parser("readme", help="regenerate the README's course table from the manifest")
     sub.add_parser("data", help="regenerate data/reviews/ from its seed")
     sub.add_parser("doctor", help="what this machine will do with the course, and what blocks it")
@@ -58,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         from . import claims
 
         return claims.main(args.results)
+    if args.command == "reference":
+        from .course import reference
+
+        out = reference.package(args.results, args.out or reference.REFERENCE_DIR / args.profile, args.profile)
+        print(f"wrote {out} ({reference.folder_bytes(out) / 2**20:.1f} MiB)")
+        return 0
     if args.command == "readme":
         from . import course
 

@@ -154,9 +154,13 @@ def _group_section(group: Group, index: int) -> str:
 </section>"""
 
 
-def _across(groups: list[Group]) -> str:
-    """Workshop view: each lesson's headline ratio on each machine, side by side."""
-    head = "".join(f"<th>{_e(g.label)}<br><small>{_e(g.profile)}</small></th>" for g in groups)
+def _across(groups: list[Group], captions: list[str] | None = None, *, section_id: str = "across",
+            title: str = "Across hardware (headline ratio, x better)") -> str:
+    """Workshop view: each lesson's headline ratio on each machine, side by side (a caption
+    above a column's hardware names where it is, e.g., the reference run)."""
+    captions = captions or [""] * len(groups)
+    head = "".join(f"<th>{f'{_e(c)}<br>' if c else ''}{_e(g.label)}<br><small>{_e(g.profile)}</small></th>"
+                   for g, c in zip(groups, captions))
     def cell(cut: CutResult) -> str:
         return cut.headline.ratio_text if cut.headline else cut.status
 
@@ -164,8 +168,16 @@ def _across(groups: list[Group]) -> str:
     for i, lesson in enumerate(course.LESSONS):
         cells = "".join(f"<td>{cell(g.cuts[i])}</td>" for g in groups)
         rows.append(f'<tr data-lesson="{_e(lesson.name)}"><td>{_e(lesson.name)}</td>{cells}</tr>')
-    return (f'<section id="across"><h2>Across hardware (headline ratio, x better)</h2>'
+    return (f'<section id="{section_id}"><h2>{_e(title)}</h2>'
             f'<table><thead><tr><th>lesson</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def _beside_reference(groups: list[Group], reference: list[tuple[str, Group]]) -> str:
+    """Your headline ratios beside the reference run's (reference/<profile>/, made by make reference)."""
+    if not reference:
+        return ""
+    return _across([*groups, *(g for _, g in reference)], ["yours"] * len(groups) + [c for c, _ in reference],
+                   section_id="beside-reference", title="Yours beside the reference run (headline ratio, x better)")
 
 
 def _margin(claim: dict) -> str:
@@ -256,8 +268,10 @@ def _provenance(records: list[dict], read: ledger.ReadReport, outside: int) -> s
     return '<section id="provenance"><h2>Provenance</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></section>"
 
 
-def build(read: ledger.ReadReport, state: dict | None = None, title: str = "costlab report") -> str:
-    """The report's HTML from a ledger read (records + skipped counts) and optional run state."""
+def build(read: ledger.ReadReport, state: dict | None = None, title: str = "costlab report",
+          reference: list[tuple[str, Group]] | None = None) -> str:
+    """The report's HTML from a ledger read (records + skipped counts) and optional run state;
+    reference: (caption, group) of reference runs to show beside the measured groups."""
     groups = scoreboard.groups(read.records)
     outside = scoreboard.outside_manifest(read.records)
     if not groups:  # nothing measured yet: still one row per lesson, all "not run"
@@ -274,6 +288,7 @@ beside it and the published figure (not measured here) for comparison. All measu
 come from the ledger.</p>
 <ul>{nav}<li><a href="#claims">claims</a></li><li><a href="#course-run">course run</a></li><li><a href="#provenance">provenance</a></li></ul>
 {_across(groups) if len(groups) > 1 else ""}
+{_beside_reference(groups, reference or [])}
 {sections}
 {_claims_section(read.claims)}
 {_course_run(state)}
@@ -283,10 +298,10 @@ come from the ledger.</p>
 
 
 def write(read: ledger.ReadReport, out_dir: str | Path, state: dict | None = None,
-          title: str = "costlab report") -> Path:
+          title: str = "costlab report", reference: list[tuple[str, Group]] | None = None) -> Path:
     out = Path(out_dir) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build(read, state, title), encoding="utf-8")
+    out.write_text(build(read, state, title, reference), encoding="utf-8")
     return out
 
 
@@ -300,6 +315,10 @@ def load_state(path: str | Path) -> dict | None:
 
 
 def from_results(results: str | Path | None = None) -> Path:
-    """results/ledger.jsonl (+ course_state.json) -> results/report.html."""
+    """results/ledger.jsonl (+ course_state.json) -> results/report.html, with the repo's
+    reference runs (reference/<profile>/ledger.jsonl) beside the learner's figures."""
+    from .reference import reference_groups
+
     results = Path(results) if results else ledger.results_dir()
-    return write(ledger.read_report(results / "ledger.jsonl"), results, load_state(results / "course_state.json"))
+    return write(ledger.read_report(results / "ledger.jsonl"), results, load_state(results / "course_state.json"),
+                 reference=reference_groups())

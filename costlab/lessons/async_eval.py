@@ -1,14 +1,19 @@
-"""Evaluate without making training wait: snapshots of the weights go to another process.
+"""Evaluate without making training wait: the process plumbing of lesson 12.
 
-    evaluator = BackgroundEvaluator("costlab.lessons.async_eval:classification_task", {...}, core=1)
-    evaluator.submit(step, model)        # a copy of the weights, in shared memory; returns at once
-    results = evaluator.finish(fallback=task.evaluate)   # every snapshot's metrics, in step order
+The technique is written in the notebook: copy a snapshot of the weights, put it on the
+evaluator's queue, keep training, collect the results by step. This module starts and stops the
+evaluator process, notices when it dies, and holds the review-classifier task it evaluates:
 
-The trainer keeps each snapshot until its result arrives. If the evaluator process dies, training
-goes on, the death is reported in `events`, and `finish` evaluates the snapshots still without
-a result in the trainer: no result is lost. On CPU the evaluator is pinned to a core of its own;
-on a GPU it is a separate process on the same device, which time-slices it (not yet measured on
-a GPU; see eval_overlap.summary for how it is priced).
+    evaluator = BackgroundEvaluator(classification_task, {...}, core=1)
+    evaluator.jobs.put((step, snapshot))   # the notebook's line; returns at once
+    evaluator.arrived()                    # [(step, metrics), ...] so far, without waiting
+    evaluator.finish()                     # the rest; ends early if the evaluator died
+
+A dead evaluator is reported in `events` and its unanswered snapshots are left to the trainer
+(the notebook keeps each snapshot until its result arrives). On CPU the evaluator is pinned to a
+core of its own. On GPUs (not yet run on a GPU) it evaluates on a second GPU where there is one,
+else on the trainer's GPU, where it time-slices the trainer and holds its own copy of the model
+(see `eval_overlap.summary` for how each placement is priced).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import data, hardware, models
+from .. import data, models
 from ..evaluation import accuracy_variance, classification_scores
 
 
@@ -35,9 +40,6 @@ class Task:
     model: nn.Module
     evaluate: Callable[[nn.Module], dict]
     tokenizer: object = None
-
-
-TASK_TARGET = "costlab.lessons.async_eval:classification_task"
 
 
 def classification_task(*, model: str | None = None, layers: int | None = None, seq_len: int = 32,
@@ -99,43 +101,58 @@ def standard_errors_apart(estimate: float, truth: float, se: float) -> float:
     return 0.0 if gap == 0 else math.inf
 
 
-def snapshot(model: nn.Module, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights (only `keys`, if given), in shared memory: sending it to the
-    evaluator then passes a handle, not a second copy."""
-    return {k: v.detach().to("cpu", copy=True).share_memory_()
-            for k, v in model.state_dict().items() if keys is None or k in keys}
+def evaluator_device() -> tuple[str, str]:
+    """(torch device, placement) for the evaluator: "cpu-core" on CPU; on GPUs "second-gpu"
+    (cuda:1) where there are two, else "same-gpu" (cuda:0, shared with the trainer)."""
+    if not torch.cuda.is_available():
+        return "cpu", "cpu-core"
+    if torch.cuda.device_count() >= 2:
+        return "cuda:1", "second-gpu"
+    return "cuda:0", "same-gpu"
 
 
-def load_task(target: str, kwargs: dict) -> Task:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)(**kwargs)
+def _load_task(task: Callable[..., Task] | str | bytes, kwargs: dict) -> Task:
+    if isinstance(task, bytes):  # a function sent by value (defined in a notebook)
+        import cloudpickle
+
+        task = cloudpickle.loads(task)
+    elif isinstance(task, str):  # "module:function"
+        module, func = task.split(":")
+        task = getattr(importlib.import_module(module), func)
+    return task(**kwargs)
 
 
 class BackgroundEvaluator:
-    """A process that evaluates snapshots while the trainer goes on (see the module docstring).
+    """A process that evaluates the snapshots put on `jobs` while the trainer goes on.
 
+    task: a function returning a `Task` (one from a module goes by reference, one defined in a
+    notebook by value, with cloudpickle), called with `task_kwargs` in the evaluator process.
     core: the CPU core to pin the evaluator to (None: leave it). die_after: fault injection, the
-    evaluator exits abruptly after that many evaluations (to show and test that nothing is lost).
+    evaluator exits abruptly after that many evaluations (to show that nothing is lost).
     """
 
-    def __init__(self, task: str, task_kwargs: dict, *, core: int | None = None, threads: int = 1,
-                 die_after: int | None = None):
+    def __init__(self, task: Callable[..., Task] | str, task_kwargs: dict | None = None, *,
+                 core: int | None = None, threads: int = 1, die_after: int | None = None,
+                 device: str | None = None):
         import torch.multiprocessing as mp
 
+        if callable(task) and getattr(task, "__module__", None) == "__main__":
+            import cloudpickle
+
+            task = cloudpickle.dumps(task)
+        self.device = device or evaluator_device()[0]
         ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited threads or locks
-        self._jobs, self._results = ctx.Queue(), ctx.Queue()
+        self.jobs, self._results = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(target=_evaluator_main, daemon=True, name="costlab-evaluator",
-                                 args=(task, task_kwargs, core, threads, die_after, self._jobs,
-                                       self._results))
+                                 args=(task, task_kwargs or {}, core, threads, die_after, self.device,
+                                       self.jobs, self._results))
         self.started_at = time.perf_counter()
         self._proc.start()
-        self.pending: dict[int, dict] = {}  # step -> snapshot, kept until its result arrives
-        self.results: dict[int, dict] = {}
         self.events: list[str] = []
         self.ready_sec: float | None = None
-        self._dead = False
+        self.answered = 0
+        self._dead = self._done = self._closed = False
         self._stopped = False  # stopped on purpose (finish, stop): its exit is no death
-        self._keys: set[str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -150,50 +167,42 @@ class BackgroundEvaluator:
         """Block until the evaluator has built its model; returns the seconds spent waiting."""
         t0 = time.perf_counter()
         while self.ready_sec is None and not self._dead:
-            self._drain(timeout_s=0.1)
+            self._collect(timeout_s=0.1)
             if time.perf_counter() - t0 > timeout_s:
+                self.stop()
                 raise TimeoutError(f"the evaluator was not ready within {timeout_s:.0f} s")
         return time.perf_counter() - t0
 
-    def submit(self, step: int, model: nn.Module) -> None:
-        """Send a snapshot: the whole state the first time, then only what training changes
-        (frozen weights are the same in the evaluator's copy, so sending them is waste)."""
-        self._drain()
-        first = self._keys is None
-        if first:
-            self._keys = changing_keys(model)
-        snap = snapshot(model, None if first else self._keys)
-        self.pending[step] = snap
-        if not self._dead:
-            self._jobs.put((step, snap))
-
     def alive(self) -> bool:
-        self._drain()
-        return not self._dead
+        """Whether the process still runs (after collecting what it sent)."""
+        self._collect()
+        return self._proc.is_alive()
 
-    def finish(self, fallback: Callable[[nn.Module], dict] | None, model: nn.Module | None = None,
-               timeout_s: float = 600) -> dict[int, dict]:
-        """Wait for every submitted snapshot's result. Snapshots the evaluator did not answer
-        (it died) are evaluated here with `fallback` on `model` (loaded with each snapshot)."""
-        if not self._dead:
-            self._jobs.put(None)
-        deadline = time.perf_counter() + timeout_s
-        while self.pending and not self._dead and time.perf_counter() < deadline:
-            self._drain(timeout_s=0.1)
-        if self.pending and not self._dead:
-            self.events.append(f"the evaluator gave no result within {timeout_s:.0f} s; stopped it")
+    def arrived(self) -> list[tuple[int, dict]]:
+        """The results that came back since the last call, without waiting."""
+        return self._collect()
+
+    def finish(self, timeout_s: float = 600) -> list[tuple[int, dict]]:
+        """Say there are no more snapshots and wait for the results still due. Returns early
+        (with what came back before) if the evaluator dies, or hangs past `timeout_s` (then it is
+        stopped). After its last result it exits on its own; `stop` waits for that, so the
+        trainer does not."""
+        if not self._dead and not self._closed:
+            self.jobs.put(None)
+            self._closed = True
+        got, deadline = [], time.perf_counter() + timeout_s
+        while not self._done and not self._dead and time.perf_counter() < deadline:
+            got += self._collect(timeout_s=0.05)
+        if not self._done and not self._dead:
+            self.events.append(f"the evaluator gave no answer within {timeout_s:.0f} s; stopped it")
             self.stop()
-        for step in sorted(self.pending):
-            if fallback is None or model is None:
-                raise RuntimeError(f"snapshots {sorted(self.pending)} have no result and no fallback")
-            model.load_state_dict(self.pending[step], strict=False)  # frozen parts are there
-            self.results[step] = {**fallback(model), "by": "trainer (evaluator gone)"}
-        self.pending.clear()
-        self.stop()
-        return dict(sorted(self.results.items()))
+        return got
 
     def stop(self) -> None:
         self._stopped = True
+        self.jobs.cancel_join_thread()  # snapshots a dead evaluator never read must not block exit
+        if self._done:  # it said goodbye: let it exit on its own
+            self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.terminate()
         self._proc.join(timeout=10)
@@ -201,49 +210,53 @@ class BackgroundEvaluator:
             self._proc.kill()
             self._proc.join()
 
-    def _drain(self, timeout_s: float = 0.0) -> None:
-        """Collect what the evaluator sent; notice if it died."""
-        self._read(timeout_s)
-        if not self._dead and not self._proc.is_alive():
-            self._read(0.2)  # what it sent before it exited is in the pipe by now
-            self._dead = True
-            if not self._stopped and (self.pending or self._proc.exitcode != 0):
+    def _collect(self, timeout_s: float = 0.0) -> list[tuple[int, dict]]:
+        """Read what the evaluator sent; notice if it died."""
+        got = self._read(timeout_s)
+        if not self._dead and not self._done and not self._proc.is_alive():
+            got += self._read(0.2)  # what it sent before it exited is in the pipe by now
+            self._dead = not self._done
+            if self._dead and not self._stopped:
                 self.events.append(
-                    f"the evaluator died (exit code {self._proc.exitcode}) after {len(self.results)} "
-                    f"evaluation(s); training goes on, and at the end the trainer evaluates every "
-                    f"snapshot still without a result ({len(self.pending)} so far)")
+                    f"the evaluator died (exit code {self._proc.exitcode}) after {self.answered} "
+                    f"evaluation(s); training went on, and the trainer evaluates every snapshot "
+                    f"still without a result")
+        return got
 
-    def _read(self, timeout_s: float) -> None:
+    def _read(self, timeout_s: float) -> list[tuple[int, dict]]:
+        got = []
         while True:
             try:
                 kind, step, payload = (self._results.get(timeout=timeout_s) if timeout_s
                                        else self._results.get_nowait())
             except queue.Empty:
-                return
+                return got
             timeout_s = 0.0
             if kind == "ready":
                 self.ready_sec = time.perf_counter() - self.started_at
+            elif kind == "done":
+                self._done = True
             else:
-                self.results[step] = {**payload, "by": "evaluator"}
-                self.pending.pop(step, None)  # its snapshot can go now
+                self.answered += 1
+                got.append((step, {**payload, "by": "evaluator"}))
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the trainer dies, so an evaluator is never left orphaned."""
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a helper process is never left orphaned."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
-def _evaluator_main(task: str, kwargs: dict, core: int | None, threads: int, die_after: int | None,
-                    jobs, results) -> None:
-    _die_with_parent()
+def _evaluator_main(task, kwargs: dict, core: int | None, threads: int, die_after: int | None,
+                    device: str, jobs, results) -> None:
+    die_with_parent()
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     torch.set_num_threads(threads)
-    t = load_task(task, kwargs)
-    t.model.to(hardware.training_device())
+    t = _load_task(task, kwargs)
+    t.model.to(device)
     t.evaluate(t.model)  # warm-up (first-call allocations), part of the start-up, not of a result
     results.put(("ready", None, None))
     done = 0
@@ -251,6 +264,10 @@ def _evaluator_main(task: str, kwargs: dict, core: int | None, threads: int, die
         if die_after is not None and done >= die_after:
             os._exit(3)  # fault injection: die abruptly, without a goodbye
         step, state = item
-        t.model.load_state_dict(state, strict=False)  # after the first: what changed only
-        results.put(("result", step, t.evaluate(t.model)))
+        t.model.load_state_dict(state, strict=False)  # what training changes; the rest is here
+        metrics = t.evaluate(t.model)
+        if device.startswith("cuda"):  # the memory its own copy of the model costs that GPU
+            metrics["evaluator_peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+        results.put(("result", step, metrics))
         done += 1
+    results.put(("done", None, None))

@@ -1,24 +1,32 @@
-"""The experiment of 12_async_evaluation, run in a fresh process by `costlab.distributed.launch`:
-the same training run with evaluation every k steps, inline (training waits) and in the
-background (`costlab.lessons.async_eval.BackgroundEvaluator`), plus a run whose evaluator dies.
+"""The experiment of 12_async_evaluation, run in a fresh process with `costlab.isolate`: the
+same training run with evaluation every k steps, done by two functions the notebook writes
+(`inline(lab)`: the trainer evaluates; `background(lab)`: snapshots go to an evaluator process),
+plus the same inline run on a subsample of the eval set and a background run whose evaluator dies.
 
-    distributed.launch("costlab.lessons.eval_overlap:run", torchrun=False, variants=["inline", "background"])
+    result = isolate(eval_overlap.run, inline_eval, background_eval, subsample=0.25)
 
-The trainer is pinned to one core, the evaluator to another: on CPU a core plays the part of the
-accelerator, and the evaluator must not take the trainer's. Every variant starts from the same
-weights and sees the same batches, so its snapshots are the same weights as the inline run's.
+This module does what is not the technique: pinning the trainer to one core and the evaluator to
+another (on CPU a core plays the part of the accelerator, and the evaluator must not take the
+trainer's), probing whether the second core adds throughput, starting and stopping evaluators,
+timing, and handing every variant the same initial weights and the same batches (so its
+snapshots are the same weights as the inline run's).
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from torch import nn
 
 from .. import data, hardware, profiles
-from .async_eval import TASK_TARGET, BackgroundEvaluator, classification_task, make_evaluate
-from ..train import TrainConfig, train
+from .async_eval import BackgroundEvaluator, changing_keys, classification_task, die_with_parent, \
+    evaluator_device, make_evaluate
+from ..train import TrainConfig, TrainResult, train
 
 VARIANTS = ("inline", "background", "inline_subsampled", "evaluator_dies")
 
@@ -45,6 +53,7 @@ def _work() -> float:
 
 
 def _work_on(core: int, ready, go, out) -> None:
+    die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
@@ -82,7 +91,7 @@ def parallel_capacity(other_core: int, rounds: int = 3) -> float:
     return 2 * alone / statistics.median(together)
 
 
-def freeze_input_embeddings(model: torch.nn.Module) -> int:
+def freeze_input_embeddings(model: nn.Module) -> int:
     """Freeze the token embedding table (found from the model, any architecture); returns its
     parameter count. Its AdamW update and dense gradient are most of a CPU step on a truncated
     model, which would make evaluation look cheap next to training; frozen, a step costs about
@@ -92,15 +101,42 @@ def freeze_input_embeddings(model: torch.nn.Module) -> int:
     return table.numel()
 
 
-def run(*, variants: list[str] = ("inline", "background"), model: str | None = None,
-        layers: int | None = None, steps: int | None = None, eval_every: int | None = None,
-        subsample: float = 0.25, die_after: int = 1, freeze_embeddings: bool = True,
-        lr: float = 1e-4, seed: int = 0, profile: str | None = None) -> dict:
+@dataclass
+class Lab:
+    """What the notebook's function gets for one run: the model (at the initial weights), how to
+    evaluate it and at which steps, and, for a background run, the evaluator process."""
+    model: nn.Module
+    evaluate: Callable[[nn.Module], dict]
+    schedule: list[int]  # the steps at which training stops to evaluate (or hand a snapshot off)
+    changing: set[str]  # state-dict entries training changes; the evaluator built the rest itself
+    evaluator: BackgroundEvaluator | None
+    batches: object
+    cfg: TrainConfig
+    result: TrainResult | None = None
+    trained_at: float | None = None
+    _calls: list[int] = field(default_factory=list)
+
+    def train(self, evaluate: Callable[[nn.Module], object]) -> None:
+        """Train for the run's steps; at each step of `schedule`, call `evaluate(model)`."""
+        def at_schedule(model: nn.Module) -> float:
+            out = evaluate(model)
+            return out["accuracy"] if isinstance(out, dict) and "accuracy" in out else math.nan
+
+        self.result = train(self.model, self.batches, self.cfg, evaluate=at_schedule)
+        self.trained_at = time.perf_counter()
+
+
+def run(inline: Callable[[Lab], dict], background: Callable[[Lab], dict], *,
+        variants: list[str] = VARIANTS, model: str | None = None, layers: int | None = None,
+        steps: int | None = None, eval_every: int | None = None, subsample: float = 0.25,
+        die_after: int = 1, freeze_embeddings: bool = True, lr: float = 1e-4, seed: int = 0,
+        profile: str | None = None) -> dict:
     """Train the review classifier once per variant; return wall time, busy time and evaluations.
 
-    inline_subsampled: inline, on `subsample` of the eval set (a cheaper evaluation).
-    evaluator_dies: 3 evaluation intervals with an evaluator that exits after `die_after`
-    evaluations; the trainer must go on and still deliver every snapshot's result.
+    inline, background: the notebook's functions, each `fn(lab) -> {step: metrics}`.
+    inline_subsampled: `inline` on `subsample` of the eval set (a cheaper evaluation).
+    evaluator_dies: `background`, 3 evaluation intervals, with an evaluator that exits after
+    `die_after` evaluations; the trainer must go on and still deliver every snapshot's result.
     """
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -119,87 +155,86 @@ def run(*, variants: list[str] = ("inline", "background"), model: str | None = N
     # The evaluator's core, probed while it is idle: before the background evaluator starts
     # building its model there (probed during that start-up, it read as no spare core at all).
     capacity = [parallel_capacity(eval_core)]
+    device, placement = evaluator_device()
+    start = lambda **kw: BackgroundEvaluator(classification_task, task_kwargs, core=eval_core, device=device, **kw)
     # Start the background evaluator first: it builds its model on its own core while the trainer
     # builds its own and runs the inline variant (which leaves that core idle).
-    background = (BackgroundEvaluator(TASK_TARGET, task_kwargs, core=eval_core)
-                  if "background" in variants else None)
+    early = start() if "background" in variants else None
     task = classification_task(**task_kwargs)
-    # GPU path, not yet measured on a GPU: trainer and evaluator are two processes on GPU 0,
-    # which time-slice it (see `summary` for how that is priced).
-    task.model.to(hardware.training_device())
+    task.model.to(hardware.training_device())  # GPU path not yet run on a GPU
     frozen = freeze_input_embeddings(task.model) if freeze_embeddings else 0
     cheap = make_evaluate(task.tokenizer, subsample=subsample,
                           **{k: task_kwargs[k] for k in ("seq_len", "n_eval", "batch_size", "seed")})
     initial = {k: v.clone() for k, v in task.model.state_dict().items()}
     encoded = data.encode_classification(task.tokenizer, data.load_split("train", p.n_train), p.cls_seq_len)
     out = {"cores": {"trainer": trainer_core, "evaluator": eval_core}, "steps": steps,
-           "eval_every": every, "n_eval": p.n_eval, "subsample": subsample,
-           "frozen_params": frozen, "variants": {}, "parallel_capacity": capacity}
+           "eval_every": every, "n_eval": p.n_eval, "subsample": subsample, "frozen_params": frozen,
+           "evaluator_placement": placement, "variants": {}, "parallel_capacity": capacity}
     for variant in variants:
         if variant == "inline_subsampled":  # again after the pair timed (the evaluator idle by then)
             capacity.append(parallel_capacity(eval_core))
         n_steps = steps if variant != "evaluator_dies" else min(steps, 3 * every)
-        cfg = TrainConfig(steps=n_steps, lr=lr, eval_every=every, seed=seed, count_flops=False,
-                          progress=False)
-        evaluator = background if variant == "background" else None
-        if variant == "evaluator_dies":  # started only now: its start-up must not slow the other
-            evaluator = BackgroundEvaluator(TASK_TARGET, task_kwargs, core=eval_core, die_after=die_after)
+        evaluator = early if variant == "background" else None
+        if variant == "evaluator_dies":  # started only now: its start-up must not slow the others
+            evaluator = start(die_after=die_after)
         task.model.load_state_dict(initial)
-        batches = data.batches(encoded, p.batch_size, seed=seed)
-        evaluate = cheap if variant == "inline_subsampled" else task.evaluate
-        out["variants"][variant] = _train_once(task.model, evaluate, batches, cfg, evaluator)
+        lab = Lab(task.model, cheap if variant == "inline_subsampled" else task.evaluate,
+                  eval_steps(n_steps, every), changing_keys(task.model), evaluator,
+                  data.batches(encoded, p.batch_size, seed=seed),
+                  TrainConfig(steps=n_steps, lr=lr, eval_every=every, seed=seed, count_flops=False, progress=False))
+        fn = inline if evaluator is None else background
+        out["variants"][variant] = _time(fn, lab)
     return out
 
 
-def _train_once(model, evaluate, batches, cfg: TrainConfig, evaluator: BackgroundEvaluator | None) -> dict:
-    """One training run; evaluation inline when `evaluator` is None, else in the background."""
-    schedule = eval_steps(cfg.steps, cfg.eval_every)
-    evals: dict[int, dict] = {}
-    waited = evaluator.wait_ready() if evaluator is not None else 0.0
-
-    def inline(model) -> float:
-        step = schedule[len(evals)]
-        evals[step] = {**evaluate(model), "by": "trainer"}
-        return evals[step]["accuracy"]
-
-    submitted: list[int] = []
-
-    def background(model) -> float:
-        step = schedule[len(submitted)]
-        evaluator.submit(step, model)  # returns at once: the trainer goes on
-        submitted.append(step)
-        return float("nan")  # the metric arrives later
-
-    started = time.perf_counter()
-    result = train(model, batches, cfg, evaluate=background if evaluator else inline)
-    trained = time.perf_counter()
-    if evaluator is not None:  # wait for the last results; a dead evaluator's share is done here
-        evals = evaluator.finish(fallback=evaluate, model=model)
-    wall = time.perf_counter() - started
+def _time(fn: Callable[[Lab], dict], lab: Lab) -> dict:
+    """Run the notebook's function on `lab` and time it; evaluator start-up is not part of it."""
+    evaluator = lab.evaluator
+    try:
+        waited = evaluator.wait_ready() if evaluator is not None else 0.0
+        started = time.perf_counter()
+        evals = fn(lab)
+        wall = time.perf_counter() - started
+    finally:
+        if evaluator is not None:
+            evaluator.stop()
+    if sorted(int(s) for s in evals) != lab.schedule:
+        raise ValueError(f"{getattr(fn, '__name__', fn)} returned results for steps {sorted(evals)}, "
+                         f"expected one per evaluation step {lab.schedule}")
+    result = lab.result
     return {"wall_sec": wall, "train_sec": result.train_seconds, "steps_done": len(result.points),
             "busy_fraction": result.train_seconds / wall,
-            "trainer_eval_sec": result.eval_seconds,  # inline: evaluating; background: snapshotting
-            "final_wait_sec": wall - (trained - started),
+            "trainer_eval_sec": result.eval_seconds,  # inline: evaluating; background: handing off
+            "final_wait_sec": wall - (lab.trained_at - started),
             "evaluator_ready_sec": evaluator.ready_sec if evaluator else None,
             "waited_for_evaluator_start_sec": waited,
             "events": evaluator.events if evaluator else [],
-            "evals": [{"step": s, **r} for s, r in sorted(evals.items())]}
+            "evals": [{"step": int(s), "by": "trainer", **r} for s, r in sorted(evals.items())]}
 
 
 def summary(result: dict, usd_per_device_hour: float | None) -> dict[str, dict]:
     """Ledger metrics and quality of each variant: wall time, trainer busy fraction, the cost
-    with every device paid for the whole wall time, and the last snapshot's quality. The
-    background evaluator is priced as a second device everywhere: on CPU it rents a second
-    core; on a GPU a second process does not use the trainer's idle capacity for free (without
-    MPS, processes time-slice a busy GPU, and each holds its own copy of the model)."""
+    with every device paid for the whole wall time, and the last snapshot's quality.
+
+    How the evaluator is priced depends on where it ran. On CPU it rents a second core, and on
+    a second GPU a second GPU: two devices for the whole run. On the trainer's own GPU it rents
+    nothing more, but it is not free: without MPS the two processes take turns on the GPU, so
+    its evaluations lengthen the trainer's wall time (already in `wall_sec`, priced), and its copy
+    of the model takes GPU memory (`evaluator_peak_mem_bytes`, beside the metrics)."""
+    placement = result.get("evaluator_placement", "cpu-core")
     out = {}
     for name, v in result["variants"].items():
-        devices = 2 if name in ("background", "evaluator_dies") else 1
+        background = name in ("background", "evaluator_dies")
+        devices = 2 if background and placement != "same-gpu" else 1
         last = v["evals"][-1]
         cost = None if usd_per_device_hour is None else devices * usd_per_device_hour * v["wall_sec"] / 3600
+        by_evaluator = [e for e in v["evals"] if e["by"] == "evaluator"]
         out[name] = {"metrics": {"wall_sec": v["wall_sec"], "busy_fraction": v["busy_fraction"], "cost_usd": cost},
                      "quality": {"accuracy": last["accuracy"], "eval_loss": last["eval_loss"]},
-                     "devices": devices}
+                     "devices": devices, "placement": placement if background else "trainer",
+                     "evaluator_sec": sum(e["seconds"] for e in by_evaluator),
+                     "evaluator_peak_mem_bytes": max((e.get("evaluator_peak_mem_bytes", 0) for e in by_evaluator),
+                                                     default=0) or None}
     return out
 
 

@@ -69,6 +69,9 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor(("10",), "DDP: near-linear scaling to 256 GPUs", "PyTorch 1.5", "Li et al. 2020, arXiv 2006.15704"),
     Anchor(("11",), "ZeRO: 16 bytes/param for mixed-precision Adam; stage 1: 4x, stage 2: 8x, stage 3: N x less per GPU",
            "N data-parallel GPUs", "Rajbhandari et al. 2020 (ZeRO)"),
+    Anchor(("11",), "Tensor-parallel MLP (first GEMM split by columns, second by rows): one all-reduce in "
+           "forward and one in backward per block", "Megatron-LM, GPUs of one node",
+           "Shoeybi et al. 2019, arXiv 1909.08053"),
     Anchor(("13",), "Mixed precision: fp16 storage and arithmetic with fp32 master weights nearly halves memory, "
            "accuracy matches fp32", "CNNs, RNNs, GANs on GPUs with tensor cores",
            "Micikevicius et al. 2018, arXiv 1710.03740"),

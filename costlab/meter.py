@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,12 +170,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
-class EnergyCounter:
-    """NVML's cumulative energy counters (mJ), summed over every visible GPU: a job on N GPUs
-    (DDP, FSDP) spends energy on all of them. `None` where they cannot be read. Not yet run on
-    a GPU machine: tested against a stand-in for NVML."""
+def nvml_handles(nvml, devices=None) -> list:
+    """NVML handles of the GPUs with these CUDA ordinals (default: all CUDA sees). NVML numbers
+    every GPU of the machine and ignores CUDA_VISIBLE_DEVICES; CUDA numbers the visible ones
+    only, so a job's cuda:0 may be NVML's GPU 3: map the ordinals through the variable (indices
+    or UUIDs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible is not None
+           else [str(i) for i in range(nvml.nvmlDeviceGetCount())])
+    chosen = ids if devices is None else [ids[i] for i in devices]
+    return [nvml.nvmlDeviceGetHandleByUUID(i) if not i.isdigit() else nvml.nvmlDeviceGetHandleByIndex(int(i))
+            for i in chosen]
 
-    def __init__(self, nvml=None) -> None:
+
+class EnergyCounter:
+    """NVML's cumulative energy counters (mJ), summed over the GPUs a job uses: a job on N GPUs
+    (DDP, FSDP) spends energy on all of them. devices: the job's CUDA ordinals (default: every
+    GPU CUDA sees). `None` where they cannot be read. Not yet run on a GPU machine: tested
+    against a stand-in for NVML."""
+
+    def __init__(self, nvml=None, devices=None) -> None:
         self._nvml, self._handles = None, []
         if nvml is None and not torch.cuda.is_available():
             return
@@ -182,11 +197,11 @@ class EnergyCounter:
             if nvml is None:
                 import pynvml as nvml
             nvml.nvmlInit()
-            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+            handles = nvml_handles(nvml, devices)
             for handle in handles:
                 nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             self._nvml, self._handles = nvml, handles
-        except Exception:  # no NVML, or a GPU without the counter (pre-Volta)
+        except Exception:  # no NVML, or a GPU without the counter (pre-Volta, a MIG slice)
             self._nvml, self._handles = None, []
 
     @property

@@ -43,6 +43,7 @@ COST_METRICS: dict[str, MetricSpec] = {
     "cost_usd_per_sample": MetricSpec("USD/sample", True, "cost per sample"),
     "scaling_efficiency": MetricSpec("fraction", False, "scaling efficiency"),
     "comm_fraction": MetricSpec("fraction", True, "communication share of a step"),
+    "comm_bytes_per_step": MetricSpec("B", True, "bytes each rank sends per step"),
 }
 
 QUALITY_METRICS: dict[str, MetricSpec] = {

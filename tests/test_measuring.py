@@ -153,6 +153,34 @@ def test_the_energy_counter_sums_every_gpu_a_job_used():
     assert counter.read_j() == (1500 + 3700) / 1000.0  # the probe read once at start-up
 
 
+def test_the_energy_counter_reads_the_job_s_gpus_through_cuda_visible_devices(monkeypatch):
+    """NVML numbers every GPU of the machine; CUDA only the visible ones. A job on cuda:0 and
+    cuda:1 with CUDA_VISIBLE_DEVICES=3,GPU-b reads NVML's GPU 3 and the GPU of UUID GPU-b."""
+    from costlab.meter import EnergyCounter
+
+    class FakeNVML:  # four GPUs, at 1, 2, 3 and 4 J; GPU 1 has the UUID "GPU-b"
+        def nvmlInit(self):
+            pass
+
+        def nvmlDeviceGetCount(self):
+            return 4
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetHandleByUUID(self, uuid):
+            return {"GPU-b": 1}[uuid]
+
+        def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+            return 1000 * (handle + 1)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-b,0")
+    assert EnergyCounter(nvml=FakeNVML(), devices=[0, 1]).read_j() == 4.0 + 2.0  # the job's two
+    assert EnergyCounter(nvml=FakeNVML()).read_j() == 4.0 + 2.0 + 1.0  # every GPU CUDA sees
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert EnergyCounter(nvml=FakeNVML(), devices=[2]).read_j() == 3.0
+
+
 def test_no_nvml_means_no_energy_reading():
     from costlab.meter import EnergyCounter
 

@@ -61,11 +61,13 @@ def test_ddp_variants_from_rank_results():
 
 
 def test_shard_variants_take_the_largest_rank():
-    def rank(params):
-        held = {"params": params, "grads": params, "optimizer": 2 * params}
-        return {"batch_size": 4, "held_bytes": {"ddp": {k: 2 * v for k, v in held.items()}, "fsdp": held},
-                "step_time_sec": {"ddp": 1.0, "fsdp": 1.5}}
-    rows = scaling.shard_variants([rank(10), rank(12)], None)
+    def rank(params, step, sent):
+        return {"batch_size": 4, "step_time_sec": step,
+                "held_bytes": {"params": params, "grads": params, "optimizer": 2 * params},
+                "collectives": {"total": {"calls": 3, "full_bytes": 2 * sent, "sent_bytes": sent}}}
+    rows = scaling.shard_variants({"ddp": [rank(20, 1.0, 40), rank(24, 0.9, 40)],
+                                   "fsdp": [rank(10, 1.5, 44), rank(12, 1.4, 46)]}, None)
     assert rows["fsdp"]["model_size_bytes"] == 12 and rows["ddp"]["optimizer_state_bytes"] == 48
-    assert rows["fsdp"]["throughput_samples_per_sec"] == pytest.approx(8 / 1.5)
+    assert rows["fsdp"]["throughput_samples_per_sec"] == pytest.approx(8 / 1.5)  # the slowest rank
+    assert rows["fsdp"]["comm_bytes_per_step"] == 46
     assert rows["ddp"]["cost_usd_per_sample"] is None

@@ -94,3 +94,18 @@ def rank_header(ctx: rank.Context) -> dict:
     return {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend,
             "device": str(ctx.device.type), "threads": torch.get_num_threads(),
             "time": time.time()}
+
+
+def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of parameters, gradients and optimizer states this rank holds, from its own tensors
+    (under FSDP each is a DTensor, and `to_local()` is this rank's shard)."""
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def nbytes(tensors) -> int:
+        return sum(local(t).numel() * local(t).element_size() for t in tensors if t is not None)
+
+    params = list(model.parameters())
+    states = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return {"params": nbytes(params), "grads": nbytes(p.grad for p in params),
+            "optimizer": nbytes(states)}

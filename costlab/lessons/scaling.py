@@ -139,21 +139,23 @@ def bytes_moved_per_rank(strategy: str, param_bytes: float, world_size: int, *,
     return rounds[strategy] * share * param_bytes
 
 
-def shard_variants(ranks: list[dict], usd_per_device_hour: float | None) -> dict[str, dict]:
-    """Vocabulary metrics of DDP and FSDP from the ranks' results of `costlab.lessons.fsdp_worker.run`.
+def shard_variants(jobs: dict[str, list[dict]], usd_per_device_hour: float | None) -> dict[str, dict]:
+    """Vocabulary metrics of each strategy from its job's rank results ({"ddp": [...], "fsdp": [...]},
+    as 11's DDP and FSDP scripts return them).
 
     Bytes are per rank, the largest rank's (the one that must fit); a step is as slow as its
-    slowest rank.
+    slowest rank; comm_bytes_per_step: what the busiest rank sent, counted from its collectives.
     """
-    n, b = len(ranks), ranks[0]["batch_size"]
     out = {}
-    for strategy in ("ddp", "fsdp"):
-        held = [r["held_bytes"][strategy] for r in ranks]
-        step = max(r["step_time_sec"][strategy] for r in ranks)
+    for strategy, ranks in jobs.items():
+        n, b = len(ranks), ranks[0]["batch_size"]
+        held = [r["held_bytes"] for r in ranks]
+        step = max(r["step_time_sec"] for r in ranks)
         out[strategy] = {
             "model_size_bytes": max(h["params"] for h in held),
             "grad_bytes": max(h["grads"] for h in held),
             "optimizer_state_bytes": max(h["optimizer"] for h in held),
+            "comm_bytes_per_step": max(r["collectives"]["total"]["sent_bytes"] for r in ranks),
             "step_time_sec": step, "throughput_samples_per_sec": n * b / step,
             "cost_usd_per_sample": cost_per_sample(step, n * b, n, usd_per_device_hour)}
     return out

@@ -143,10 +143,10 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return torch.compile(model) if cfg.compile else model
 
 
-def _flops_of_step(model, batch, loss_fn, cfg, device) -> int:
+def _flops_of_step(model, batch, loss_fn, precision) -> int:
     """FLOPs of forward + backward on this batch, counted on the eager module, grads restored."""
     saved = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
-    with autocast_context(cfg, device):
+    with precision():
         flops = meter.count_flops(lambda: loss_fn(model, batch).backward())
     for p, g in zip(model.parameters(), saved):
         p.grad = g
@@ -156,14 +156,28 @@ def _flops_of_step(model, batch, loss_fn, cfg, device) -> int:
 def train(model: torch.nn.Module, batches: Iterator[dict], cfg: TrainConfig, *,
           evaluate: Callable[[torch.nn.Module], float] | None = None,
           loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = default_loss,
-          higher_is_better: bool = True) -> TrainResult:
-    """Train `model` for `cfg.steps` optimizer steps on `batches` (an endless iterator)."""
+          higher_is_better: bool = True,
+          optimizer_factory: Callable[[list, float], torch.optim.Optimizer] | None = None,
+          autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
+    """Train `model` for `cfg.steps` optimizer steps on `batches` (an endless iterator).
+
+    optimizer_factory: a function of the trainable parameters and cfg.lr that returns the optimizer
+    (e.g. `lambda params, lr: bnb.optim.AdamW8bit(params, lr=lr)`), in place of cfg.optimizer;
+    autocast: a function that returns the context each forward pass runs in (e.g.
+    `lambda: torch.autocast("cpu", dtype=torch.bfloat16)`), in place of cfg.autocast.
+    """
     from tqdm.auto import tqdm
 
+    if autocast is not None and cfg.autocast is not None:
+        raise ValueError("pass either autocast= (a context factory) or cfg.autocast, not both")
     torch.manual_seed(cfg.seed)
     device = model_device(model)
+    precision = autocast or (lambda: autocast_context(cfg, device))
     step_module = prepare(model, cfg)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    if optimizer_factory is None:
+        optimizer = make_optimizer(model.parameters(), cfg)
+    else:
+        optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad], cfg.lr)
     model.train()
     result, flops, seconds = TrainResult(), 0, 0.0
     flops_by_shape: dict[tuple, int] = {}
@@ -174,13 +188,13 @@ def train(model: torch.nn.Module, batches: Iterator[dict], cfg: TrainConfig, *,
             for b in micro:
                 shape = tuple(tuple(v.shape) for v in b.values())
                 if shape not in flops_by_shape:
-                    flops_by_shape[shape] = _flops_of_step(model, b, loss_fn, cfg, device)
+                    flops_by_shape[shape] = _flops_of_step(model, b, loss_fn, precision)
                 flops += flops_by_shape[shape]
         meter.synchronize()
         start = time.perf_counter()
         total_loss = 0.0
         for b in micro:
-            with autocast_context(cfg, device):
+            with precision():
                 loss = loss_fn(step_module, b) / cfg.grad_accum
             loss.backward()
             total_loss += loss.item()

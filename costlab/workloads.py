@@ -1,10 +1,11 @@
 """Variants described as data, run in a fresh process by `costlab.isolate` (fair memory peaks).
 
-`lm_training` is the causal-LM fine-tuning job that 00, 02, 04 and 13 measure: the baseline is
-full fine-tuning in fp32 with AdamW, and each keyword switches on one cut.
+`lm_training` is the causal-LM fine-tuning job that 02 and 14 measure: the baseline is full
+fine-tuning in fp32 with AdamW, and each keyword takes a change written in the notebook.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data, evaluation, hardware, meter, models, profiles
-from .train import TrainConfig, enable_checkpointing, model_device, train
+from .train import TrainConfig, default_loss, train
 
 
 def apply_lora(model, *, r: int, alpha: int | None = None, dropout: float = 0.0, targets=None):
@@ -22,15 +23,6 @@ def apply_lora(model, *, r: int, alpha: int | None = None, dropout: float = 0.0,
     config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout,
                         target_modules=targets or models.lora_targets(model))
     return get_peft_model(model, config)
-
-
-def nf4_config():
-    """QLoRA's 4-bit NormalFloat base with double quantization (bitsandbytes)."""
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
 def keep_4bit_trainable(model) -> None:
@@ -53,14 +45,6 @@ def release_checkpoint_mapping(model) -> None:
     for param in model.parameters():
         if param.__class__.__name__ != "Params4bit":
             param.data = param.data.clone()
-
-
-def compile_blocks(model) -> None:
-    """Regional compilation: compile each transformer block in place. Identical blocks share one
-    compiled graph, so compile time stops growing with depth (PyTorch's regional compilation
-    recipe); the embedding, head and loss stay eager."""
-    for block in models.transformer_blocks(model):
-        block.compile()
 
 
 def checkpoint_bytes(model) -> int:
@@ -97,111 +81,113 @@ def bf16_checkpoint(name_or_path: str):
     return models.converted_once(models.cache_dir() / f"{source.name}-{tag}-bf16", write, what="bf16 copy")
 
 
-def build_lm(name: str, *, layers: int | None, lora_r: int = 0, qlora: bool = False,
-             base_dtype: str | None = None, device: torch.device | None = None,
-             cut=None, quantization_config=None):
-    """The model of one variant: full fine-tuning, LoRA, or LoRA on a 4-bit NF4 base (QLoRA).
+def _apply(cut, model):
+    """Apply the notebook's cut: one function model -> model, or several in order."""
+    for fn in (cut if isinstance(cut, (list, tuple)) else [cut]):
+        model = fn(model)
+    return model
 
-    base_dtype="bf16" keeps the frozen base in bf16: weights that are never updated need no fp32
-    master copy, and under bf16 autocast no 16-bit copy is made of them at each forward pass.
-    Trained weights (full fine-tuning, the adapters) stay fp32, so it needs lora_r > 0.
-    cut: a function written in the notebook, model -> model (e.g. `get_peft_model(...)`), applied
-    after loading; quantization_config: loads the base quantized (e.g. the notebook's NF4
-    `BitsAndBytesConfig`), with the CPU fixes below applied before `cut` sees it.
+
+def build_lm(name: str, *, layers: int | None, device: torch.device | None = None, cut=None,
+             quantization_config=None, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
+    """The model of one variant: loaded (quantized where `quantization_config` says, its weights
+    in `dtype`, attention as `attn_implementation` names it), then the notebook's `cut`.
+
+    cut: a function written in the notebook, model -> model (e.g. `get_peft_model(...)`), or a
+    list of them applied in order; quantization_config: loads the base quantized (e.g. the
+    notebook's NF4 `BitsAndBytesConfig`), with the CPU fixes below applied before `cut` sees it.
+    dtype=torch.bfloat16 reads the weights from a bf16 copy of the checkpoint (`bf16_checkpoint`).
     """
-    if (cut is not None or quantization_config is not None) and (lora_r or qlora or base_dtype):
-        raise ValueError("pass either a notebook's cut (cut=, quantization_config=) or the switches "
-                         "(lora_r=, qlora=, base_dtype=), not both")
-    if base_dtype not in (None, "bf16"):
-        raise ValueError(f"base_dtype must be None or 'bf16', got {base_dtype!r}")
-    if base_dtype and not lora_r:
-        raise ValueError("base_dtype='bf16' stores a frozen base: it needs lora_r > 0")
-    if qlora and not lora_r:
-        raise ValueError("qlora=True needs lora_r > 0 (QLoRA trains LoRA adapters on a 4-bit base)")
     device = device or torch.device("cpu")
-    if base_dtype == "bf16":
+    if dtype == torch.bfloat16:
         name = str(bf16_checkpoint(name))
-    if qlora:
-        quantization_config = nf4_config()
-    lm, tokenizer = models.load(name, task="causal-lm", layers=layers,
-                                dtype=torch.bfloat16 if base_dtype == "bf16" else torch.float32,
+    lm, tokenizer = models.load(name, task="causal-lm", layers=layers, dtype=dtype or torch.float32,
                                 quantization_config=quantization_config)
+    if attn_implementation is not None:
+        lm.set_attn_implementation(attn_implementation)
     if quantization_config is None:
         lm.to(device)
     else:
         if device.type == "cpu":
             release_checkpoint_mapping(lm)
         keep_4bit_trainable(lm)
-    if qlora and base_dtype is None:  # it casts every non-quantized weight to fp32, which a bf16 base avoids
-        from peft import prepare_model_for_kbit_training
-
-        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
-    if lora_r:
-        lm = apply_lora(lm, r=lora_r)
     if cut is not None:
-        lm = cut(lm)
+        lm = _apply(cut, lm)
     return lm, tokenizer
+
+
+def padded_batches(tokenizer, records: list[dict], seq_len: int, batch_size: int, seed: int):
+    """The kit's training batches: every review padded (or cut) to `seq_len` tokens, reshuffled
+    every epoch. A notebook passes its own function of the same arguments as `batches=`."""
+    return data.batches(data.encode_lm(tokenizer, records, seq_len), batch_size, seed=seed)
 
 
 def lm_training(cut=None, *, quantization_config=None, model: str | None = None, layers: int | None = None,
                 seq_len: int | None = None, batch_size: int | None = None, steps: int | None = None, lr: float = 1e-4,
-                lora_r: int = 0, qlora: bool = False, grad_checkpointing: bool = False,
-                autocast: str | None = None, optimizer: str = "adamw", compile: bool | str = False,
+                dtype: torch.dtype | None = None, attn_implementation: str | None = None,
+                optimizer_factory=None, autocast=None, loss=None, batches=None, compile=None,
                 seed: int = 0, profile: str | None = None, measure_checkpoint: bool = True,
-                quality_records: int = 0, eval_before: bool = True,
-                eval_examples: int | None = None, base_dtype: str | None = None) -> dict:
+                quality_records: int = 0, eval_before: bool = True, eval_examples: int | None = None) -> dict:
     """Fine-tune the causal LM on the review LM task; return measured cost and quality.
 
-    cut: the notebook's variant, a function model -> model applied after loading (None: full
-    fine-tuning, the baseline); quantization_config: how to load the base (QLoRA's NF4).
+    The baseline is full fine-tuning in fp32 with AdamW at `lr`; each argument below is a change
+    written in the notebook:
+    cut: a function model -> model applied after loading (or a list of them, in order);
+    quantization_config: how to load the base (QLoRA's NF4); dtype: the weights' dtype at load;
+    attn_implementation: "eager" or "sdpa" (transformers' attention kernels);
+    optimizer_factory: (trainable params, lr) -> optimizer (default AdamW);
+    autocast: () -> the context each forward pass runs in (e.g. bf16 autocast);
+    loss: (model, batch) -> scalar loss (default the model's own, `model(**batch).loss`);
+    batches: (tokenizer, records, seq_len, batch_size, seed) -> endless batches (default
+    `padded_batches`); compile: a function applied to the model after its FLOPs and saved bytes
+    are counted eagerly (it compiles at the first training step, counted in compile_sec).
 
     Sizes default to the profile's. Returns {"metrics": {...}, "quality": {...}, "extra": {...}}.
     eval_before=False skips the untuned model's evaluation (the same for every variant of one
     model: measure it once, not in each fresh process); eval_examples: validation reviews per
-    evaluation (default the profile's n_eval; fewer make each fresh process faster).
-    compile: True compiles the whole model; "blocks" compiles each transformer block (faster to
-    compile, see `compile_blocks`). base_dtype="bf16" stores LoRA's frozen base in bf16 (see
-    `build_lm`).
+    evaluation (default the profile's n_eval).
     """
-    if compile not in (False, True, "blocks"):
-        raise ValueError(f"compile must be False, True or 'blocks', got {compile!r}")
     p = profiles.get(profile)
     layers = p.lm_layers if layers is None else layers
     seq_len, batch_size = seq_len or p.seq_len, batch_size or p.batch_size
     steps = steps or (p.warmup_steps + p.timed_steps)
     device = hardware.training_device()
     torch.manual_seed(seed)
-    lm, tokenizer = build_lm(model or models.default_lm(), layers=layers, lora_r=lora_r, qlora=qlora,
-                             base_dtype=base_dtype, device=device, cut=cut,
-                             quantization_config=quantization_config)
-    train_enc = data.encode_lm(tokenizer, data.load_split("train", p.n_train), seq_len)
+    lm, tokenizer = build_lm(model or models.default_lm(), layers=layers, device=device, cut=cut,
+                             quantization_config=quantization_config, dtype=dtype,
+                             attn_implementation=attn_implementation)
     val_enc = data.encode_lm(tokenizer, data.load_split("val", eval_examples or p.n_eval), seq_len)
     val_batches = data.eval_batches(val_enc, batch_size)
     loss_before = evaluation.eval_loss(lm, val_batches) if eval_before else None
-    sample = next(data.batches(train_enc, batch_size, seed=seed))
-    sample = {k: v.to(device) for k, v in sample.items()}
-    if grad_checkpointing:  # on before measuring what the forward pass keeps for backward
-        enable_checkpointing(lm)
+    stream = Positions((batches or padded_batches)(tokenizer, data.load_split("train", p.n_train),
+                                                    seq_len, batch_size, seed), device)
+    sample = stream.peek()
+    loss_fn = loss or default_loss
+    precision = autocast or contextlib.nullcontext
     # Training mode, as in training: transformers checkpoints only when `model.training` is
     # True, and from_pretrained returns a model in eval mode.
     lm.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        saved = meter.saved_tensor_bytes(lambda: lm(**sample).loss)
-    eager_flops = _count_then_compile_blocks(lm, sample, autocast) if compile == "blocks" else None
-    cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, autocast=autocast,
-                      grad_checkpointing=grad_checkpointing, compile=compile is True, seed=seed,
-                      progress=False, count_flops=eager_flops is None)
-    result = train(lm, data.batches(train_enc, batch_size, seed=seed), cfg)
+    with precision():
+        saved = meter.saved_tensor_bytes(lambda: loss_fn(lm, sample))
+    flops_first = _count_flops(lm, sample, loss_fn, precision)  # eager, before any compilation
+    if compile is not None:
+        compile(lm)
+    cfg = TrainConfig(steps=steps, lr=lr, seed=seed, progress=False, count_flops=False)
+    result = train(lm, stream, cfg, loss_fn=loss_fn, optimizer_factory=optimizer_factory, autocast=autocast)
     step_times = _step_times(result)
     timed = step_times[p.warmup_steps:] or step_times
     loss_after = evaluation.eval_loss(lm, val_batches)
     trainable = models.count_params(lm, trainable_only=True)
+    positions = stream.positions / stream.drawn  # per step, padding included (bucketing cuts it)
     metrics = {
         "step_time_sec": statistics.median(timed),
-        "compile_sec": (step_times[0] - statistics.median(timed)) if compile else None,  # True or "blocks"
+        "compile_sec": (step_times[0] - statistics.median(timed)) if compile is not None else None,
         "trainable_params": trainable, "total_params": models.count_params(lm),
         "grad_bytes": result.state_bytes["grads"], "activation_bytes": saved,
-        "flops": eager_flops or result.flops_per_step, "optimizer_state_bytes": result.state_bytes["optimizer"],
+        # counted on the first batch, scaled to the run's mean positions per step (bucketed
+        # batches vary in width; padded ones do not, and there this is the count itself)
+        "flops": int(flops_first * positions / sample["input_ids"].numel()),
+        "optimizer_state_bytes": result.state_bytes["optimizer"],
         "checkpoint_bytes": checkpoint_bytes(lm) if measure_checkpoint else None,
         "throughput_samples_per_sec": batch_size / statistics.median(timed),
     }
@@ -209,26 +195,49 @@ def lm_training(cut=None, *, quantization_config=None, model: str | None = None,
     if quality_records:
         quality["accuracy"] = evaluation.lm_sentiment_accuracy(
             lm, tokenizer, data.load_split("val", quality_records))
-    train_tokens = steps * batch_size * seq_len
     priced, estimated = meter.price(result.train_seconds)
     metrics.update(priced)
     return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "quality": quality,
             "estimated": estimated,
-            "extra": {"eval_loss_before": loss_before, "train_tokens": train_tokens, "steps": steps,
+            "extra": {"eval_loss_before": loss_before, "train_tokens": stream.real_tokens, "steps": steps,
+                      "positions_per_step": positions, "real_tokens_per_step": stream.real_tokens / stream.drawn,
                       "layers": layers, "seq_len": seq_len, "batch_size": batch_size,
                       "train_seconds": result.train_seconds, "step_times_sec": step_times,
                       "device": hardware.detect().name}}
 
 
-def _count_then_compile_blocks(lm, sample: dict, autocast: str | None) -> int:
-    """FLOPs of one step counted on the eager blocks, then the blocks compiled: the first training
-    step then holds the compilation (compile_sec), as with compile=True, where train() counts
-    FLOPs on the eager module."""
-    device = model_device(lm)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        flops = meter.count_flops(lambda: lm(**sample).loss.backward())
+class Positions:
+    """The training batches, counted as they are drawn: positions (padding included) and real
+    tokens (attention mask 1), so a run reports what its batching cost. `peek` returns the first
+    batch without using it up."""
+
+    def __init__(self, batches, device: torch.device):
+        self.batches, self.device = iter(batches), device
+        self.first = None
+        self.drawn = self.positions = self.real_tokens = 0
+
+    def peek(self) -> dict:
+        if self.first is None:
+            self.first = {k: v.to(self.device) for k, v in next(self.batches).items()}
+        return self.first
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch, self.first = (self.first, None) if self.first is not None else (next(self.batches), None)
+        self.drawn += 1
+        self.positions += batch["input_ids"].numel()
+        self.real_tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+def _count_flops(lm, sample: dict, loss_fn, precision) -> int:
+    """FLOPs of one step (forward and backward) on `sample`, counted on the eager modules; the
+    gradients it leaves are cleared."""
+    with precision():
+        flops = meter.count_flops(lambda: loss_fn(lm, sample).backward())
     lm.zero_grad(set_to_none=True)
-    compile_blocks(lm)
     return flops
 
 

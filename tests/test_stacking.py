@@ -1,5 +1,5 @@
-"""The capstone's logic (costlab.lessons.stacking) without training anything: plans to lm_training's
-arguments, the waterfall's steps, where QLoRA is predicted to help, the calibration line, and the
+"""The capstone's logic (costlab.lessons.stacking) without training anything: the job's sizes and
+plans, the waterfall's steps in the one order of plans.CUTS, where QLoRA is predicted to help, the calibration line, and the
 team's question answered from given measurements."""
 import pytest
 
@@ -14,41 +14,49 @@ def _job(**kw):
     return stacking.Job(model="smollm2", layers=2, seq_len=16, batch_size=4, steps=4, eval_examples=8, **kw)
 
 
-def test_a_plan_becomes_lm_training_arguments():
-    job = _job()
-    full = job.kwargs(job.plan(SHALLOW))
-    assert full["lr"] == job.lr_full and full["lora_r"] == 0 and full["compile"] is False
-    stack = job.kwargs(job.plan(SHALLOW, ["lora", "bf16", "compile"]), eval_before=True)
-    assert stack["lr"] == job.lr_lora and stack["lora_r"] == job.lora_r
-    assert stack["compile"] == "blocks" and stack["autocast"] == "bf16" and stack["base_dtype"] == "bf16"
-    assert stack["eval_before"] is True and stack["measure_checkpoint"] is False
-    # bf16 without LoRA is autocast only: trained weights keep their fp32 masters
-    assert job.kwargs(job.plan(SHALLOW, ["bf16"]))["base_dtype"] is None
+def test_the_job_gives_lm_training_its_sizes_and_the_estimator_its_plans():
+    job = _job(padding_share=0.5)
+    sizes = job.sizes()
+    assert sizes["layers"] == 2 and sizes["seq_len"] == 16 and sizes["measure_checkpoint"] is False
+    assert job.tokens == 4 * 16 * 4 // 2  # real tokens: padding excluded
+    bucketed = job.plan(SHALLOW, ["bucketing"])
+    assert bucketed.tokens_per_step == job.plan(SHALLOW).tokens_per_step / 2
+    assert bucketed.real_tokens_per_step == job.plan(SHALLOW).real_tokens_per_step
 
 
-def test_the_seed_reaches_the_run_and_the_spread_is_the_range_over_seeds(monkeypatch):
-    job = _job()
-    plan = job.plan(SHALLOW, ["lora"])
-    assert job.kwargs(plan)["seed"] == 0 and job.kwargs(plan, seed=3)["seed"] == 3
+def test_the_spread_is_the_range_over_seeds_and_seed_0_is_reused():
     calls = []
 
-    def fake_isolate(fn, preload=(), **kwargs):
-        calls.append(kwargs["seed"])
-        return {"quality": {"eval_loss": 5.0 + kwargs["seed"]}}
-    monkeypatch.setattr(stacking.isolate, "isolate", fake_isolate)
-    spread = stacking.seed_spread(job, plan, {"quality": {"eval_loss": 4.5}}, seeds=(0, 1, 2))
+    def run_at(seed):
+        calls.append(seed)
+        return {"quality": {"eval_loss": 5.0 + seed}}
+    spread = stacking.seed_spread(run_at, {"quality": {"eval_loss": 4.5}}, seeds=(0, 1, 2))
     assert calls == [1, 2]  # seed 0's run is reused, not repeated
     assert spread["eval_loss_by_seed"] == {0: 4.5, 1: 6.0, 2: 7.0} and spread["range"] == 2.5
     assert spread["runs"] == {1: {"quality": {"eval_loss": 6.0}}, 2: {"quality": {"eval_loss": 7.0}}}  # for the ledger
 
 
-def test_the_waterfall_adds_one_cut_per_step():
+def test_the_waterfall_adds_one_cut_per_step_in_the_one_order():
     job = _job()
     steps = stacking.waterfall(job, SHALLOW, qlora=False)
-    assert [label for label, _ in steps] == [stacking.BASELINE] + [l for l, c in stacking.STEPS if c != "qlora"]
-    for (_, before), (_, after) in zip(steps, steps[1:]):
-        assert len(plans.cuts_of(after)) == len(plans.cuts_of(before)) + 1
-    assert plans.cuts_of(stacking.waterfall(job, SHALLOW, qlora=True)[-1][1])[0] == "qlora"
+    assert [step.name for step in steps] == [stacking.BASELINE] + [n for n in plans.CUT_NAMES if n != "qlora"]
+    assert [step.label for step in steps[1:]] == [c.label for c in plans.CUTS if c.name != "qlora"]
+    for before, after in zip(steps, steps[1:]):
+        assert plans.cuts_of(after.plan) == plans.cuts_of(before.plan) + [after.name]
+    assert plans.cuts_of(stacking.waterfall(job, SHALLOW, qlora=True)[-1].plan)[-1] == "qlora"
+    # the calculator's toggles are the same list, in the same order
+    from costlab.lessons import calculator
+    assert list(calculator.panel().toggles) == list(plans.CUT_NAMES)
+
+
+def test_13s_cuts_move_the_parts_they_are_about():
+    base = plans.Plan(DEEP, seq_len=512, batch=4, padding_share=0.4)  # L x L outweighs SDPA's extra output at 512
+    mem = lambda cuts: plans.predict_plan_memory(plans.with_cuts(base, cuts))  # noqa: E731
+    assert mem(["sdpa"]).activation_bytes < mem([]).activation_bytes  # no L x L probabilities
+    assert mem(["chunked_loss"]).head_bytes < mem([]).head_bytes / 2
+    assert mem(["bucketing"]).activation_bytes < mem([]).activation_bytes
+    flops = lambda cuts: plans.flops_per_token(plans.with_cuts(base, cuts))  # noqa: E731
+    assert flops(["chunked_loss"]) == flops([]) + 2 * DEEP.vocab * DEEP.hidden  # the head recomputed
 
 
 def test_qlora_is_predicted_to_help_only_where_blocks_outweigh_the_embedding():

@@ -4,8 +4,8 @@ before anyone rents a GPU: memory (fits / does not fit), time, $ and CO2, with i
     costlab.lessons.calculator.panel()                      # in a notebook cell: the panel
     calc = costlab.lessons.calculator.panel(); calc.prediction()   # the same numbers as data
 
-Every number comes from `costlab.lessons.plans.predict_plan`; notebook 13 checks them against measured
-runs. Devices are the rows of `costlab.hardware`'s tables, plus this machine.
+Every number comes from `costlab.lessons.plans.predict_plan`; notebook 14 checks them against measured
+runs. The toggles are `plans.CUTS`, in the order the capstone stacks them. Devices are the rows of `costlab.hardware`'s tables, plus this machine.
 """
 from __future__ import annotations
 
@@ -29,10 +29,6 @@ PRESETS: dict[str, ModelShape] = {
     "Llama-3.1-70B": plans.llama_shape(hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=28672,
                                        vocab=128256, tied=False),
 }
-# The toggles, in the order the capstone stacks them: (cut name in plans.CUTS, label).
-TOGGLES = (("lora", "LoRA adapters"), ("qlora", "QLoRA: 4-bit base"),
-           ("grad_checkpointing", "gradient checkpointing"), ("bf16", "bf16 autocast"),
-           ("adamw8bit", "8-bit AdamW"), ("compile", "torch.compile"))
 
 
 def _device(name: str) -> hardware.Device:
@@ -86,7 +82,7 @@ class Calculator:
 
     def __init__(self, *, shapes: dict[str, ModelShape] | None = None, model: str | None = None,
                  seq_len: int = 1024, batch: int = 8, train_tokens: float = 1e8, device: str = "H100",
-                 cuts=(), lora_r: int = 8, utilization: float = plans.DEFAULT_UTILIZATION,
+                 cuts=(), lora_r: int = 8, utilization: float = plans.DEFAULT_UTILIZATION, padding_share: float = 0.0,
                  measured_flops_per_sec: float | None = None):
         import ipywidgets as w
 
@@ -106,18 +102,20 @@ class Calculator:
         self.device = w.Dropdown(options=devices, value=device, description="device", style=style)
         self.utilization = w.FloatSlider(value=utilization, min=0.05, max=1.0, step=0.05,
                                          description="utilization (assumed)", style=style)
+        self.padding = w.FloatSlider(value=padding_share, min=0.0, max=0.95, step=0.01,
+                                     description="padding share", style=style)
         self.toggles = {}
-        for name, label in TOGGLES:
-            box = w.Checkbox(value=name in cuts, description=label, indent=False)
-            box.add_class(f"costlab-toggle-{name}")
-            self.toggles[name] = box
+        for cut in plans.CUTS:
+            box = w.Checkbox(value=cut.name in cuts, description=cut.toggle, indent=False)
+            box.add_class(f"costlab-toggle-{cut.name}")
+            self.toggles[cut.name] = box
         self.output = w.HTML()
         for control in (self.model, self.seq_len, self.batch, self.tokens, self.device, self.utilization,
-                        *self.toggles.values()):
+                        self.padding, *self.toggles.values()):
             control.observe(self._update, names="value")
         self.widget = w.VBox([w.HTML("<b>What-if calculator</b>: a fine-tuning plan's predicted cost"),
                               w.HBox([w.VBox([self.model, self.seq_len, self.batch, self.tokens, self.device,
-                                              self.utilization]),
+                                              self.utilization, self.padding]),
                                       w.VBox(list(self.toggles.values()))]),
                               self.output])
         self.widget.add_class("costlab-calculator")
@@ -125,7 +123,7 @@ class Calculator:
 
     def plan(self) -> plans.Plan:
         base = plans.Plan(self.shapes[self.model.value], int(self.seq_len.value), int(self.batch.value),
-                          float(self.tokens.value))
+                          float(self.tokens.value), padding_share=float(self.padding.value))
         return plans.with_cuts(base, [n for n, box in self.toggles.items() if box.value], lora_r=self.lora_r)
 
     def prediction(self) -> plans.PlanPrediction:
@@ -142,5 +140,6 @@ class Calculator:
 
 def panel(**settings) -> Calculator:
     """The what-if calculator (see `Calculator` for the starting settings: shapes, model,
-    seq_len, batch, train_tokens, device, cuts, lora_r, utilization, measured_flops_per_sec)."""
+    seq_len, batch, train_tokens, device, cuts, lora_r, utilization, padding_share,
+    measured_flops_per_sec)."""
     return Calculator(**settings)

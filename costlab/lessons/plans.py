@@ -1,7 +1,7 @@
 """Plans: what a fine-tuning job will cost before it runs (the what-if calculator's model).
 
-A `Plan` is sizes plus cuts, named as `workloads.lm_training`'s switches, so the same plan can be
-predicted here and then run and measured. `predict_plan` gives memory by part (fits or not),
+A `Plan` is sizes plus cuts, named by `CUTS`: the one ordered list of the cuts that the capstone's
+waterfall, this estimator and the what-if calculator all read. `predict_plan` gives memory by part (fits or not),
 FLOPs, time (FLOPs / sustained FLOP/s, with an explicit utilization), $ (price table), energy
 (power table x time) and CO2 (energy x grid intensity), with every assumption listed.
 Memory and FLOPs build on `costlab.estimate` (bytes per parameter, Korthikanti activations, 6·N·D).
@@ -22,22 +22,54 @@ DEFAULT_UTILIZATION = 0.4
 # Memory a plan cannot use: the CUDA context and allocator slack on a GPU; on a CPU, the Python
 # process with torch and transformers imported. Assumed, overridable.
 DEFAULT_RESERVE_BYTES = 2**30
+# Tokens per chunk of a chunked LM-head loss: the most logits alive at once (assumed; the
+# capstone's notebook uses the same).
+LOSS_CHUNK_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Cut:
+    name: str  # what a Plan, the waterfall and the calculator call it
+    label: str  # the waterfall's step
+    toggle: str  # the calculator's checkbox
+
+
+# The cuts in the order the capstone stacks them: the largest predicted saving first (LoRA's
+# gradients and optimizer states), then what the hardware gives (bf16), what padding and the
+# vocabulary cost (bucketing, the chunked loss), activations (checkpointing, SDPA), and the small
+# ones last (8-bit states of a few adapters, compile); QLoRA only where it is predicted to help.
+CUTS: tuple[Cut, ...] = (
+    Cut("lora", "+ LoRA", "LoRA adapters"),
+    Cut("bf16", "+ bf16", "bf16 autocast, frozen base in bf16"),
+    Cut("bucketing", "+ length bucketing", "length-bucketed batches (no padding)"),
+    Cut("chunked_loss", "+ chunked loss", "chunked LM-head loss (no full logits)"),
+    Cut("grad_checkpointing", "+ checkpointing", "activation checkpointing"),
+    Cut("sdpa", "+ SDPA attention", "SDPA attention (no L x L probabilities)"),
+    Cut("adamw8bit", "+ 8-bit AdamW", "8-bit AdamW"),
+    Cut("compile", "+ compile", "torch.compile"),
+    Cut("qlora", "+ QLoRA", "QLoRA: 4-bit base"),
+)
+CUT_NAMES = tuple(cut.name for cut in CUTS)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A causal-LM fine-tuning job as data: sizes and the cuts, named as `workloads.lm_training`'s
-    switches, so a plan can be predicted here and then run and measured as it is."""
+    """A causal-LM fine-tuning job as data: sizes and the cuts (`CUTS`); the defaults are none of
+    them (fp32, eager attention, batches padded to seq_len, the full logits)."""
     shape: ModelShape
-    seq_len: int
+    seq_len: int  # tokens each sequence is padded (or cut) to
     batch: int
-    train_tokens: float = 0.0  # tokens to train on: turns step time into job time, $ and CO2
+    train_tokens: float = 0.0  # real tokens to train on: turns step time into job time, $ and CO2
     lora_r: int = 0  # 0 = full fine-tuning; r > 0 = LoRA adapters of rank r on query/value
     qlora: bool = False  # frozen base's block weights in 4-bit NF4 (needs lora_r)
     grad_checkpointing: bool = False
     autocast: str | None = None  # None (fp32) | "bf16"
     optimizer: str = "adamw"  # adamw | adamw8bit
     compile: bool = False
+    sdpa: bool = False  # fused attention: no batch x heads x L x L probabilities kept
+    padding_share: float = 0.0  # share of the padded batches' positions that are padding
+    bucketing: bool = False  # batches of similar lengths: the padding is gone (assumed: all of it)
+    chunked_loss: bool = False  # LM head + loss in chunks of LOSS_CHUNK_TOKENS, recomputed in backward
 
     def __post_init__(self) -> None:
         if self.qlora and not self.lora_r:
@@ -48,6 +80,8 @@ class Plan:
             raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}")
         if min(self.seq_len, self.batch) < 1 or self.train_tokens < 0:
             raise ValueError("seq_len and batch must be >= 1 and train_tokens >= 0")
+        if not 0 <= self.padding_share < 1:
+            raise ValueError(f"padding_share must be in [0, 1), got {self.padding_share}")
 
     @property
     def base_dtype(self) -> str | None:
@@ -55,15 +89,19 @@ class Plan:
         updated need no fp32 master copy), else fp32. Trained weights always keep fp32."""
         return "bf16" if self.lora_r and self.autocast == "bf16" else None
 
-    def switches(self) -> dict:
-        """The cuts as keyword arguments of `workloads.lm_training`."""
-        return {"lora_r": self.lora_r, "qlora": self.qlora, "grad_checkpointing": self.grad_checkpointing,
-                "autocast": self.autocast, "optimizer": self.optimizer, "compile": self.compile,
-                "base_dtype": self.base_dtype}
+    @property
+    def width(self) -> float:
+        """Mean positions per sequence: seq_len, or only the real tokens once bucketed."""
+        return self.seq_len * (1 - self.padding_share) if self.bucketing else self.seq_len
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.seq_len * self.batch
+    def tokens_per_step(self) -> float:
+        """Positions a step computes, padding included."""
+        return self.width * self.batch
+
+    @property
+    def real_tokens_per_step(self) -> float:
+        return self.seq_len * (1 - self.padding_share) * self.batch
 
 
 def embedding_params(shape: ModelShape) -> int:
@@ -118,10 +156,15 @@ def predict_plan_memory(plan: Plan, *, device_kind: str = "cuda") -> MemoryEstim
         base = BYTES_PER_VALUE[plan.base_dtype or "fp32"]
         weights = trainable * fp32 + emb * base + blocks * (NF4_DQ_BYTES_PER_WEIGHT if plan.qlora else base)
     precision = "bf16" if plan.autocast else "fp32"
-    # Llama-family blocks: no dropout, fused SDPA attention (no s x s scores kept).
-    acts = activation_bytes(shape, seq_len=plan.seq_len, batch=plan.batch, precision=precision,
-                            checkpointing=plan.grad_checkpointing, dropout=False, attention_scores=False)
-    head = plan.tokens_per_step * shape.vocab * (3 * fp32 + (BYTES_PER_VALUE["bf16"] if plan.autocast else 0))
+    # Llama-family blocks: no dropout; eager attention keeps the s x s probabilities, SDPA does not.
+    acts = activation_bytes(shape, seq_len=round(plan.width), batch=plan.batch, precision=precision,
+                            checkpointing=plan.grad_checkpointing, dropout=False, attention_scores=not plan.sdpa)
+    # fp32 logits, log-probabilities and their gradient (+ the 16-bit logits under autocast), for
+    # every token at once or for one chunk (the chunked loss keeps the hidden states instead).
+    logit_tokens = min(LOSS_CHUNK_TOKENS, plan.tokens_per_step) if plan.chunked_loss else plan.tokens_per_step
+    head = logit_tokens * shape.vocab * (3 * fp32 + (BYTES_PER_VALUE["bf16"] if plan.autocast else 0))
+    if plan.chunked_loss:
+        head += plan.tokens_per_step * shape.hidden * fp32
     if plan.autocast and not plan.base_dtype:  # an fp32 head matrix is cast to 16-bit at each forward
         head += shape.vocab * shape.hidden * BYTES_PER_VALUE["bf16"]  # and the copy kept for backward
     return MemoryEstimate(weights, trainable * fp32, optimizer_state_bytes(plan),
@@ -148,11 +191,13 @@ def optimizer_workspace_bytes(plan: Plan, device_kind: str = "cuda") -> float:
 def flops_per_token(plan: Plan) -> float:
     """Matmul FLOPs per trained token: forward 2·N; backward 4·N when every weight is trained
     (input and weight gradients), 2·N when the base is frozen (input gradients only, LoRA);
-    checkpointing adds one more forward of the blocks. N counts the LM head once (the input
-    embedding is a lookup). 6·N·D is the full fine-tuning case (Kaplan et al. 2020)."""
-    n = block_params(plan.shape) + plan.shape.vocab * plan.shape.hidden
+    checkpointing adds one more forward of the blocks, the chunked loss one more of the LM head.
+    N counts the LM head once (the input embedding is a lookup). 6·N·D is the full fine-tuning
+    case (Kaplan et al. 2020)."""
+    head = plan.shape.vocab * plan.shape.hidden
+    n = block_params(plan.shape) + head
     backward = 2 * n if plan.lora_r else 4 * n
-    recompute = 2 * block_params(plan.shape) if plan.grad_checkpointing else 0
+    recompute = (2 * block_params(plan.shape) if plan.grad_checkpointing else 0) + (2 * head if plan.chunked_loss else 0)
     return 2 * n + backward + recompute
 
 
@@ -207,19 +252,23 @@ def predict_plan(plan: Plan, device=None, *, utilization: float = DEFAULT_UTILIZ
     flops = flops_per_token(plan) * plan.tokens_per_step
     rate, rate_note = _throughput(plan, device, utilization, flops_per_sec)
     step = None if rate is None else flops / rate
-    total = None if step is None else step * plan.train_tokens / plan.tokens_per_step
+    total = None if step is None else step * plan.train_tokens / plan.real_tokens_per_step
     per_hour, watts, grid = hardware.price_usd_per_hour(device), hardware.power_w(device), hardware.grid_g_per_kwh()
     cost = None if total is None or per_hour is None else per_hour * total / 3600
     energy = None if total is None or watts is None else watts * total
     co2 = None if energy is None else energy / 3.6e6 * grid
     assumptions = (
-        "memory: weights + grads + optimizer states + activations (Korthikanti et al.; no dropout, "
-        "fused attention) + LM-head logits + optimizer workspace, added as if all live at once",
+        "memory: weights + grads + optimizer states + activations (Korthikanti et al.; no dropout; "
+        f"{'SDPA: no' if plan.sdpa else 'eager attention: with the'} L x L probabilities) + LM-head logits "
+        f"({f'one chunk of {LOSS_CHUNK_TOKENS} tokens' if plan.chunked_loss else 'every token'}) + optimizer "
+        "workspace, added as if all live at once",
+        f"padding {plan.padding_share:.0%} of the positions"
+        + (" removed by length bucketing (assumed: all of it)" if plan.bucketing else ""),
         f"reserve {reserve_bytes / 2**30:.2g} GiB the plan cannot use (CUDA context / Python runtime), assumed",
         "LoRA on the attention query and value projections; the frozen base in bf16 under bf16 "
         "autocast, else fp32; QLoRA: its blocks in NF4",
-        f"FLOPs per token {flops_per_token(plan) / 1e6:.4g} M (2N forward, 4N or 2N backward, +2N blocks "
-        "recomputed with checkpointing; attention scores ignored)",
+        f"FLOPs per position {flops_per_token(plan) / 1e6:.4g} M (2N forward, 4N or 2N backward, +2N blocks "
+        "recomputed with checkpointing, +1 forward of the head with the chunked loss; attention scores ignored)",
         rate_note,
         "torch.compile and 8-bit AdamW change neither FLOPs nor throughput here: measure them",
         f"price {'unknown' if per_hour is None else f'${per_hour:.3g}/h'} (table; hardware.set_price to change)",
@@ -246,31 +295,30 @@ def cheapest(predictions: list[PlanPrediction], budget_bytes: float,
 
 
 def cuts_of(plan: Plan) -> list[str]:
-    """The names (CUTS) of the cuts a plan has on."""
+    """The names (CUT_NAMES, in their order) of the cuts a plan has on."""
     on = {"lora": plan.lora_r > 0 and not plan.qlora, "qlora": plan.qlora,
           "grad_checkpointing": plan.grad_checkpointing, "bf16": plan.autocast == "bf16",
-          "adamw8bit": plan.optimizer == "adamw8bit", "compile": plan.compile}
-    return [name for name in CUTS if on[name]]
-
-
-CUTS = ("lora", "qlora", "grad_checkpointing", "bf16", "adamw8bit", "compile")
+          "adamw8bit": plan.optimizer == "adamw8bit", "compile": plan.compile, "sdpa": plan.sdpa,
+          "bucketing": plan.bucketing, "chunked_loss": plan.chunked_loss}
+    return [name for name in CUT_NAMES if on[name]]
 
 
 def with_cuts(plan: Plan, cuts, *, lora_r: int = 8) -> Plan:
-    """`plan` with the named cuts switched on (names from CUTS)."""
-    unknown = set(cuts) - set(CUTS)
+    """`plan` with exactly the named cuts on (names from CUT_NAMES), the others off."""
+    unknown = set(cuts) - set(CUT_NAMES)
     if unknown:
-        raise ValueError(f"unknown cuts {sorted(unknown)}; choose from {CUTS}")
+        raise ValueError(f"unknown cuts {sorted(unknown)}; choose from {CUT_NAMES}")
     changes = {"grad_checkpointing": "grad_checkpointing" in cuts, "compile": "compile" in cuts,
                "autocast": "bf16" if "bf16" in cuts else None,
                "optimizer": "adamw8bit" if "adamw8bit" in cuts else "adamw",
-               "lora_r": lora_r if {"lora", "qlora"} & set(cuts) else 0, "qlora": "qlora" in cuts}
+               "lora_r": lora_r if {"lora", "qlora"} & set(cuts) else 0, "qlora": "qlora" in cuts,
+               "sdpa": "sdpa" in cuts, "bucketing": "bucketing" in cuts, "chunked_loss": "chunked_loss" in cuts}
     return replace(plan, **changes)
 
 
 def candidates(plan: Plan, allowed, *, lora_r: int = 8) -> list[Plan]:
     """Every distinct combination of the `allowed` cuts on top of `plan` (qlora implies lora)."""
-    allowed = [c for c in CUTS if c in set(allowed)]
+    allowed = [c for c in CUT_NAMES if c in set(allowed)]
     plans = (with_cuts(plan, combo, lora_r=lora_r)
              for k in range(len(allowed) + 1) for combo in itertools.combinations(allowed, k))
     return list(dict.fromkeys(plans))

@@ -1,7 +1,9 @@
-"""The capstone (14): the cuts stacked one at a time on one causal-LM fine-tuning job, each step
-run and measured in a fresh process (`workloads.lm_training`), the estimator (`costlab.lessons.plans`)
-checked against the measurements, then asked the question a team asks: the cheapest plan that
-fits a memory budget and a quality bound.
+"""The capstone (14): the cuts stacked one at a time on one causal-LM fine-tuning job. The notebook
+writes each step as the previous job plus one change and runs it in a fresh process
+(`isolate(workloads.lm_training, ...)`); this module holds what is not the cut: the job's sizes,
+the estimator's plan for each step (`costlab.lessons.plans`, in the order of `plans.CUTS`), the
+comparison of predicted with measured, and the team's question: the cheapest plan that fits a
+memory budget and a quality bound.
 
 A step is the previous step plus one cut, so each bar of the waterfall is one cut's effect *given
 the cuts before it*: interactions (8-bit AdamW after LoRA has little left to shrink) show up as
@@ -11,14 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import hardware, isolate, models, workloads
+from .. import hardware, models
 from . import plans
 from ..estimate import ModelShape
 
-# (label, cut) in the order they are stacked; QLoRA last, and only where it is predicted to help.
-STEPS: tuple[tuple[str, str], ...] = (
-    ("+ LoRA", "lora"), ("+ checkpointing", "grad_checkpointing"), ("+ bf16", "bf16"),
-    ("+ 8-bit AdamW", "adamw8bit"), ("+ compile", "compile"), ("+ QLoRA", "qlora"))
 BASELINE = "baseline"
 
 
@@ -31,37 +29,50 @@ class Job:
     batch_size: int
     steps: int
     eval_examples: int
-    # The best of those tried on the smoke job (full: 1e-4, 3e-4, 1e-3; LoRA: 1e-3 ... 3e-2):
-    # zero-initialised adapters on a frozen base take much larger steps than full fine-tuning.
-    # Deeper jobs want a smaller LoRA rate: the notebook passes the profile's stack_lora_lr.
     lr_full: float = 1e-3
+    # Zero-initialised adapters on a frozen base take much larger steps than full fine-tuning;
+    # the deeper the model, the smaller (the profile's stack_lora_lr).
     lr_lora: float = 3e-2
     lora_r: int = 8
+    padding_share: float = 0.0  # of the padded training batches' positions (`padding_share_of`)
 
     @classmethod
     def from_profile(cls, p, model: str, **overrides) -> "Job":
-        """The capstone's job at profile `p`'s sizes (its stack_* fields)."""
-        sizes = dict(layers=p.lm_layers, seq_len=p.stack_seq_len, batch_size=p.stack_batch_size,
-                     steps=p.stack_steps, eval_examples=p.stack_eval_examples, lr_lora=p.stack_lora_lr)
+        """The capstone's job at profile `p`'s sizes: 02's depth and learning rate for full
+        fine-tuning (the whole model where the profile allows), the stack_* sizes."""
+        # a number of blocks, always: lm_training reads layers=None as the profile's lm_layers
+        depth = p.lora_layers if p.lora_layers is not None else models.depth(model)
+        sizes = dict(layers=depth, seq_len=p.stack_seq_len, batch_size=p.stack_batch_size,
+                     steps=p.stack_steps, eval_examples=p.stack_eval_examples, lr_full=p.full_lr,
+                     lr_lora=p.stack_lora_lr)
         return cls(model=model, **{**sizes, **overrides})
 
+    def sizes(self) -> dict:
+        """`workloads.lm_training`'s size arguments (the same for every step)."""
+        return {"model": self.model, "layers": self.layers, "seq_len": self.seq_len, "batch_size": self.batch_size,
+                "steps": self.steps, "eval_examples": self.eval_examples, "measure_checkpoint": False}
+
     def plan(self, shape: ModelShape, cuts=()) -> plans.Plan:
-        base = plans.Plan(shape, self.seq_len, self.batch_size, float(self.tokens))
+        base = plans.Plan(shape, self.seq_len, self.batch_size, float(self.tokens), padding_share=self.padding_share)
         return plans.with_cuts(base, cuts, lora_r=self.lora_r)
 
     @property
     def tokens(self) -> int:
-        return self.steps * self.seq_len * self.batch_size
+        """Real tokens the job trains on (padding excluded)."""
+        return round(self.steps * self.seq_len * self.batch_size * (1 - self.padding_share))
 
-    def kwargs(self, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0) -> dict:
-        """`lm_training`'s arguments for `plan`. Compilation is regional ("blocks": each
-        transformer block compiled once, identical blocks sharing the code), so compile time
-        does not grow with depth."""
-        switches = {**plan.switches(), "compile": "blocks" if plan.compile else False}
-        return {"model": self.model, "layers": self.layers, "seq_len": self.seq_len,
-                "batch_size": self.batch_size, "steps": self.steps, "eval_examples": self.eval_examples,
-                "lr": self.lr_lora if plan.lora_r else self.lr_full, "eval_before": eval_before,
-                "measure_checkpoint": False, "seed": seed, **switches}
+
+def padding_share_of(job: Job, records) -> float:
+    """The share of positions that are padding when `records` are padded to the job's seq_len."""
+    from transformers import AutoTokenizer
+
+    from .. import data
+
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(job.model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    mask = data.encode_lm(tokenizer, records, job.seq_len)["attention_mask"]
+    return 1 - float(mask.float().mean())
 
 
 def shape_of(name_or_path: str, layers: int | None) -> ModelShape:
@@ -71,7 +82,7 @@ def shape_of(name_or_path: str, layers: int | None) -> ModelShape:
 
     config = AutoConfig.from_pretrained(models.resolve(name_or_path))
     if layers is not None:
-        models.keep_config_layers(config, range(layers))
+        models.keep_config_layers(config, range(min(layers, config.num_hidden_layers)))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return ModelShape.from_model(model)
@@ -80,40 +91,37 @@ def shape_of(name_or_path: str, layers: int | None) -> ModelShape:
 def qlora_helps(job: Job, shape: ModelShape, *, at_least: float = 0.10) -> tuple[bool, str]:
     """Is a 4-bit base predicted to cut the stack's memory by at least `at_least`? It shrinks
     only the blocks' weights: with few blocks the embedding table dominates and it cannot."""
-    cuts = [cut for _, cut in STEPS if cut != "qlora"]
+    cuts = [cut for cut in plans.CUT_NAMES if cut != "qlora"]
     before = plans.predict_plan_memory(job.plan(shape, cuts)).total_bytes
     after = plans.predict_plan_memory(job.plan(shape, [*cuts, "qlora"])).total_bytes
     share = 1 - after / before
     return share >= at_least, f"a 4-bit base is predicted to cut the stack's memory by {share:.0%}"
 
 
-def waterfall(job: Job, shape: ModelShape, *, qlora: bool) -> list[tuple[str, plans.Plan]]:
-    """(label, plan) for the baseline and each cumulative step."""
-    out, cuts = [(BASELINE, job.plan(shape))], []
-    for label, cut in STEPS:
-        if cut == "qlora" and not qlora:
+@dataclass(frozen=True)
+class Step:
+    name: str  # the cut this step adds (plans.CUT_NAMES), or BASELINE
+    label: str
+    plan: plans.Plan  # the estimator's view of the step: every cut so far
+
+
+def waterfall(job: Job, shape: ModelShape, *, qlora: bool) -> list[Step]:
+    """The baseline and each cumulative step, in the order of `plans.CUTS`."""
+    out, cuts = [Step(BASELINE, BASELINE, job.plan(shape))], []
+    for cut in plans.CUTS:
+        if cut.name == "qlora" and not qlora:
             continue
-        cuts.append(cut)
-        out.append((label, job.plan(shape, cuts)))
+        cuts.append(cut.name)
+        out.append(Step(cut.name, cut.label, job.plan(shape, cuts)))
     return out
 
 
-def run(job: Job, plan: plans.Plan, *, eval_before: bool = False, seed: int = 0) -> dict:
-    """One plan, trained and measured in a fresh process (its memory peak is its own). peft and
-    bitsandbytes are imported before the RSS baseline, like torch: no variant owns them; a bf16
-    base is converted (once, cached) before the run, not inside it. `seed` draws the adapters'
-    initialisation and the batches' order."""
-    if plan.base_dtype == "bf16":
-        workloads.bf16_checkpoint(job.model)
-    return isolate.isolate(workloads.lm_training, preload=("peft",),
-                           **job.kwargs(plan, eval_before=eval_before, seed=seed))
-
-
-def seed_spread(job: Job, plan: plans.Plan, first: dict, seeds) -> dict:
-    """The eval loss of `plan` at each seed (`first`: its run at seed 0, reused) and their range:
-    how far chance alone moves one configuration's quality, the yardstick for a cut's effect.
-    "runs" holds the fresh runs' results by seed, for the ledger."""
-    runs = {seed: run(job, plan, seed=seed) for seed in seeds if seed != 0}
+def seed_spread(run_at, first: dict, seeds) -> dict:
+    """The eval loss of one configuration at each seed (`first`: its run at seed 0, reused;
+    `run_at(seed)` runs it at another) and their range: how far chance alone moves one
+    configuration's quality, the yardstick for a cut's effect. "runs" holds the fresh runs'
+    results by seed, for the ledger."""
+    runs = {seed: run_at(seed) for seed in seeds if seed != 0}
     losses = {0: first["quality"]["eval_loss"], **{seed: r["quality"]["eval_loss"] for seed, r in runs.items()}}
     return {"eval_loss_by_seed": losses, "range": max(losses.values()) - min(losses.values()), "runs": runs}
 
@@ -198,8 +206,9 @@ def cheapest_within(job: Job, shape: ModelShape, *, allowed, effects: dict[str, 
 
 
 def predicted_vs_measured(steps, *, device: hardware.Device, flops_per_sec: float | None):
-    """One row per step: the estimator's memory, FLOPs and step time beside the measured ones.
-    `steps` is [(label, plan, result of `run`)]; step time is predicted from FLOPs at the
+    """One row per step: the estimator's memory, FLOPs per position (padding included: bucketed
+    batches vary in width) and step time beside the measured ones.
+    `steps` is [(label, plan, result of `lm_training` in `isolate`)]; step time is predicted from FLOPs at the
     measured throughput `flops_per_sec` (the baseline's), so its ratio shows what FLOPs miss."""
     import pandas as pd
 
@@ -207,11 +216,12 @@ def predicted_vs_measured(steps, *, device: hardware.Device, flops_per_sec: floa
     for label, plan, result in steps:
         pred = plans.predict_plan(plan, device, flops_per_sec=flops_per_sec)
         m = result["metrics"]
+        counted = m["flops"] / result["extra"]["positions_per_step"] if m.get("flops") else None
         rows.append({"step": label, "memory predicted MiB": pred.memory.total_bytes / 2**20,
                      "peak measured MiB": result["peak_mem_bytes"] / 2**20,
                      "memory measured/predicted": result["peak_mem_bytes"] / pred.memory.total_bytes,
-                     "FLOPs/step predicted": pred.flops_per_step, "FLOPs/step counted": m.get("flops"),
-                     "FLOPs counted/predicted": m["flops"] / pred.flops_per_step if m.get("flops") else None,
+                     "FLOPs/position predicted": plans.flops_per_token(plan), "FLOPs/position counted": counted,
+                     "FLOPs counted/predicted": counted / plans.flops_per_token(plan) if counted else None,
                      "step s predicted": pred.step_sec, "step s measured": m["step_time_sec"],
                      "time measured/predicted": m["step_time_sec"] / pred.step_sec if pred.step_sec else None})
     return pd.DataFrame(rows).set_index("step")
@@ -233,12 +243,13 @@ def plot_waterfall(ax, labels: list[str], values: list[float], *, title: str, un
 
 
 def per_million_tokens(result: dict, device: hardware.Device | None = None) -> dict[str, float | None]:
-    """$, energy and CO2 per 1M training tokens at the measured steady-state step time (the
-    warm-up and compile step excluded): the unit a fine-tuning bill is quoted in."""
+    """$, energy and CO2 per 1M real training tokens (padding excluded) at the measured
+    steady-state step time (the warm-up and compile step excluded): the unit a fine-tuning bill
+    is quoted in."""
     from .. import meter
 
     x = result["extra"]
-    seconds = result["metrics"]["step_time_sec"] * 1e6 / (x["seq_len"] * x["batch_size"])
+    seconds = result["metrics"]["step_time_sec"] * 1e6 / x["real_tokens_per_step"]
     values, _ = meter.price(seconds, device=device)
     return {"usd_per_1m_tokens": values["cost_usd"], "energy_j_per_1m_tokens": values["energy_j"],
             "co2_g_per_1m_tokens": values["co2_g"]}

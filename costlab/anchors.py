@@ -67,6 +67,13 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor(("09",), "Hyperband: more than an order of magnitude faster than Bayesian optimization",
            "deep-learning tasks", "Li et al. 2016, arXiv 1603.06560", 10, "flops_to_target"),
     Anchor(("10",), "DDP: near-linear scaling to 256 GPUs", "PyTorch 1.5", "Li et al. 2020, arXiv 2006.15704"),
+    Anchor(("10",), "Below a critical batch size, doubling the batch halves the steps at the same samples; "
+           "above it, steps fall little and samples grow; the critical size is measured per task and "
+           "grows as the loss falls", "image, language and RL tasks",
+           "McCandlish et al. 2018, 'An Empirical Model of Large-Batch Training', arXiv 1812.06162"),
+    Anchor(("10",), "Linear scaling rule: multiply the learning rate by k when the batch grows k-fold, "
+           "with a gradual warm-up", "SGD with momentum, ResNet-50 on ImageNet",
+           "Goyal et al. 2017, arXiv 1706.02677"),
     Anchor(("11",), "ZeRO: 16 bytes/param for mixed-precision Adam; stage 1: 4x, stage 2: 8x, stage 3: N x less per GPU",
            "N data-parallel GPUs", "Rajbhandari et al. 2020 (ZeRO)"),
     Anchor(("11",), "Tensor-parallel MLP (first GEMM split by columns, second by rows): one all-reduce in "

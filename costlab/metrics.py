@@ -30,6 +30,7 @@ COST_METRICS: dict[str, MetricSpec] = {
     "total_params": MetricSpec("params", True, "total parameters"),
     "throughput_samples_per_sec": MetricSpec("samples/s", False, "throughput"),
     "steps_to_target": MetricSpec("steps", True, "steps to target"),
+    "samples_to_target": MetricSpec("samples", True, "training samples to target"),
     "flops_to_target": MetricSpec("FLOP", True, "FLOPs to target"),
     "seconds_to_target": MetricSpec("s", True, "training seconds to target"),
     "energy_j": MetricSpec("J", True, "energy"),

@@ -1,4 +1,6 @@
 """costlab.lessons.scaling: efficiency, cost per sample, the right-sizing rule and the ZeRO formulas."""
+import math
+
 import pytest
 
 from costlab.lessons import scaling
@@ -20,6 +22,29 @@ def test_right_size_grows_while_the_premium_stays_within_the_limit():
     assert scaling.right_size({1: 10.0, 2: 18.0, 4: 28.0}, 1.0, max_premium=1.5).recommended == 4
     with pytest.raises(ValueError):
         scaling.right_size({2: 18.0}, 1.0)
+
+
+def test_right_size_to_target_prices_the_samples_a_larger_batch_needs():
+    # Perfect scaling (1 s per step at any N, 10 samples per worker): every sample costs the same,
+    # so the per-sample rule grows without limit; 4 workers need twice the samples, so not here.
+    steps = {1: 1.0, 2: 1.0, 4: 1.0}
+    rule = scaling.right_size_to_target({1: 100.0, 2: 110.0, 4: 200.0}, steps, 10, 3.6)
+    assert [r["steps_to_target"] for r in rule.rows] == [10.0, 5.5, 5.0]
+    assert [r["cost_usd"] for r in rule.rows] == pytest.approx([0.01, 0.011, 0.02])  # N x 3.6/3600 x steps
+    assert rule.cheapest == 1 and rule.recommended == 2
+    assert scaling.right_size({n: n * 10 / 1.0 for n in steps}, 3.6).recommended == 4
+    never = scaling.right_size_to_target({1: 100.0, 2: math.inf}, {1: 1.0, 2: 1.0}, 10, 1.0)
+    assert never.recommended == 1 and never.rows[1]["pays"] is False
+    with pytest.raises(ValueError, match="no world size"):
+        scaling.right_size_to_target({1: math.inf}, {1: 1.0}, 10, 1.0)
+    with pytest.raises(ValueError, match="same world sizes"):
+        scaling.right_size_to_target({1: 10.0, 2: 10.0}, {1: 1.0}, 10, 1.0)
+
+
+def test_project_step_time_scales_the_communication_as_a_ring():
+    # 2 workers: 1.0 s, of it 0.4 s communication (ring factor 1); 4 workers: 2*3/4 = 1.5x of it.
+    assert scaling.project_step_time(1.0, 0.4, 2, 4) == pytest.approx(0.6 + 0.6)
+    assert scaling.project_step_time(1.0, 0.4, 2, 2) == pytest.approx(1.0)
 
 
 def test_zero_formulas():

@@ -67,6 +67,19 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def written_script(notebook, target: str) -> str:
+    """The text a notebook's `%%writefile <target>` cell writes (the worker script a lesson shows),
+    so that its solutions and tests run the very lines the learner reads. `target` is the cell's
+    argument as written, e.g. "{WORKER}"."""
+    import nbformat
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        first, _, body = cell.source.partition("\n")
+        if cell.cell_type == "code" and first.split()[:2] == ["%%writefile", target]:
+            return body
+    raise LookupError(f"{notebook} has no '%%writefile {target}' cell")
+
+
 def compare_params(a: nn.Module, b: nn.Module, *, rtol: float = 1e-4, atol: float = 1e-6) -> dict:
     """How far two models' parameters are apart: max |difference| and allclose."""
     worst, close = 0.0, True

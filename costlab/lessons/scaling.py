@@ -35,10 +35,10 @@ def cost_per_sample(step_time_sec: float, samples_per_step: int, devices: int,
 
 @dataclass(frozen=True)
 class RightSize:
-    cheapest: int  # the world size with the most samples per dollar
+    cheapest: int  # the world size that costs least (per sample, or to the target)
     recommended: int  # the largest world size whose cost premium stays within the limit
-    max_premium: float  # the limit: cost per sample at most this times the cheapest's
-    rows: list[dict]  # per world size: throughput, efficiency, USD per sample, premium, pays
+    max_premium: float  # the limit: cost at most this times the cheapest's
+    rows: list[dict]  # per world size: what the cost is made of, premium, pays
 
     def frame(self):
         import pandas as pd
@@ -72,10 +72,52 @@ def right_size(throughput: dict[int, float], usd_per_device_hour: float, *,
     return RightSize(cheapest, max(paying), max_premium, rows)
 
 
+def project_step_time(step_sec: float, comm_sec: float, measured_world: int, world_size: int) -> float:
+    """A step on `world_size` workers estimated from a job measured on `measured_world`: its
+    compute stays, its exposed communication scales as a ring all-reduce's 2(N-1)/N. For sizes
+    the machine cannot run; an estimate, never a measurement."""
+    ring = lambda n: 2 * (n - 1) / n  # noqa: E731  (bytes each rank sends, per gradient byte)
+    return (step_sec - comm_sec) + comm_sec * ring(world_size) / ring(measured_world)
+
+
+def right_size_to_target(samples_to_target: dict[int, float], step_time_sec: dict[int, float],
+                         batch_per_worker: int, usd_per_device_hour: float, *,
+                         max_premium: float = 1.25) -> RightSize:
+    """Pick a world size by what it costs to reach a quality target, not what a sample costs.
+
+    samples_to_target: {N: samples the job needs to reach the target at a global batch of
+    N x batch_per_worker} (math.inf where it never did); step_time_sec: {N: seconds per step on
+    N workers}. Cost to target(N) = N devices x price x steps to target x step time. Below the
+    critical batch size the samples stay flat and this is right_size's answer; past it the
+    samples grow with N, and so does the cost. The same limit as right_size: grow while the
+    cost stays within max_premium times the cheapest.
+    """
+    if max_premium < 1:
+        raise ValueError("max_premium must be >= 1")
+    if set(samples_to_target) != set(step_time_sec):
+        raise ValueError("samples_to_target and step_time_sec need the same world sizes")
+    rows = []
+    for n in sorted(samples_to_target):
+        batch, step, samples = n * batch_per_worker, step_time_sec[n], samples_to_target[n]
+        seconds = samples / batch * step
+        rows.append({"world_size": n, "global_batch": batch, "samples_to_target": samples,
+                     "steps_to_target": samples / batch, "step_time_sec": step,
+                     "seconds_to_target": seconds,
+                     "cost_usd_per_sample": cost_per_sample(step, batch, n, usd_per_device_hour),
+                     "cost_usd": n * usd_per_device_hour * seconds / 3600})
+    best = min(rows, key=lambda r: r["cost_usd"])
+    if best["cost_usd"] == float("inf"):
+        raise ValueError("no world size reached the target: raise the budget or lower the target")
+    for r in rows:
+        r["premium_x"] = r["cost_usd"] / best["cost_usd"]
+        r["pays"] = r["premium_x"] <= max_premium
+    return RightSize(best["world_size"], max(r["world_size"] for r in rows if r["pays"]), max_premium, rows)
+
+
 def ddp_variants(one: dict, runs: dict[int, list[dict]], usd_per_device_hour: float | None) -> dict[str, dict]:
     """Vocabulary metrics of every variant of 10_data_parallelism, from the ranks' results.
 
-    one: the 1-rank result of `costlab.lessons.ddp_worker.run` (plain, accumulation, one big batch);
+    one: the 1-rank result of the notebook's worker script (plain, accumulation, one big batch);
     runs: {world size: [each rank's result]}. A DDP step is as slow as its slowest rank.
     """
     b, k = one["batch_size"], one["equivalence"]["k"]

@@ -2,13 +2,12 @@
 writes (taken from its %%writefile cells, so the test runs the code the learner reads)."""
 import datetime
 
-import nbformat
 import pytest
 import torch
 import torch.distributed as dist
 
 from costlab import distributed
-from costlab.lessons import collectives
+from costlab.lessons import collectives, rank_job
 
 NOTEBOOK = "notebooks/11_model_parallelism.ipynb"
 
@@ -39,12 +38,8 @@ def test_the_counter_sizes_each_collective_and_prices_it_with_the_ring(one_rank_
 def _script(tmp_path, name: str):
     """The notebook's %%writefile cell for `name`, written where the launcher can run it."""
     path = tmp_path / f"{name.lower()}.py"
-    for cell in nbformat.read(NOTEBOOK, 4).cells:
-        first, _, body = cell.source.partition("\n")
-        if cell.cell_type == "code" and first.split()[:2] == ["%%writefile", "{" + name + "}"]:
-            path.write_text(body)
-            return path
-    raise AssertionError(f"no %%writefile {{{name}}} cell in {NOTEBOOK}")
+    path.write_text(rank_job.written_script(NOTEBOOK, "{" + name + "}"))
+    return path
 
 
 def test_the_notebook_scripts_shard_the_state_and_keep_the_updates(tmp_path):

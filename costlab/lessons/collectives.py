@@ -7,8 +7,8 @@ parallelism are compared by what they actually moved, not by a formula:
 
 A `TorchDispatchMode` sees each c10d collective as an operator call: DDP's bucketed all-reduce
 (issued from backward hooks), FSDP2's all-gathers and reduce-scatters, DTensor's functional
-all-reduce. Checked on CPU with gloo, where backward runs on the calling thread; not yet run on
-GPUs (there autograd runs backward on a device thread, which carries the mode with it).
+all-reduce. Checked on CPU with gloo, where backward runs on the calling thread. Not yet run on
+GPUs, where autograd runs backward on a device thread: that the mode reaches it there is unchecked.
 
 full_bytes: the size of the whole tensor the collective produces or reduces (an all-gather's
 output, a reduce-scatter's input). sent_bytes: what one rank sends for it with the ring

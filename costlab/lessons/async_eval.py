@@ -146,7 +146,7 @@ class BackgroundEvaluator:
         self._proc = ctx.Process(target=_evaluator_main, daemon=True, name="costlab-evaluator",
                                  args=(task, task_kwargs or {}, core, threads, die_after, self.device,
                                        self.jobs, self._results))
-        self.started_at = time.perf_counter()
+        self.started_at = time.time()  # wall clock: the evaluator's "ready" time is comparable
         self._proc.start()
         self.events: list[str] = []
         self.ready_sec: float | None = None
@@ -232,8 +232,8 @@ class BackgroundEvaluator:
             except queue.Empty:
                 return got
             timeout_s = 0.0
-            if kind == "ready":
-                self.ready_sec = time.perf_counter() - self.started_at
+            if kind == "ready":  # when it was ready, not when the trainer noticed
+                self.ready_sec = payload - self.started_at
             elif kind == "done":
                 self._done = True
             else:
@@ -258,7 +258,7 @@ def _evaluator_main(task, kwargs: dict, core: int | None, threads: int, die_afte
     t = _load_task(task, kwargs)
     t.model.to(device)
     t.evaluate(t.model)  # warm-up (first-call allocations), part of the start-up, not of a result
-    results.put(("ready", None, None))
+    results.put(("ready", None, time.time()))
     done = 0
     while (item := jobs.get()) is not None:
         if die_after is not None and done >= die_after:

@@ -70,7 +70,7 @@ LESSONS: tuple[Lesson, ...] = (
            "Li et al. 2016, arXiv 1603.06560"),
     Lesson("10", "data_parallelism", "right-size data parallelism",
            "1 worker -> N workers (torchrun DDP) vs gradient accumulation",
-           "throughput, scaling efficiency, cost per sample", "throughput_samples_per_sec",
+           "throughput, scaling efficiency, samples and cost to a target", "throughput_samples_per_sec",
            "DDP: near-linear scaling to 256 GPUs", "Li et al. 2020, arXiv 2006.15704"),
     Lesson("11", "model_parallelism", "right-size sharding", "DDP replicas -> FSDP shards",
            "bytes per rank vs the ZeRO formula, communication overhead", "optimizer_state_bytes",

@@ -118,10 +118,7 @@ def _load_script(path: str):
     its `if __name__ == "__main__":` block, for running it with torchrun directly, stays out)."""
     import importlib.util
 
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"worker script {path} not found: write it first (the notebook's "
-                                "%%writefile cell), then launch it")
+    file = Path(path)  # `launch` has checked that it exists, before any rank started
     module_spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[file.stem] = module  # so pickling and dataclasses inside the script find it

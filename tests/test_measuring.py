@@ -128,27 +128,36 @@ def test_8bit_adamw_prediction_follows_bitsandbytes_small_tensor_rule():
         assert measured == predicted, (width, measured, predicted)  # scales and shared maps included
 
 
+class FakeNVML:
+    """NVML over fake GPUs: readings[i] lists GPU i's energy counter (mJ), read in turn (the last
+    one repeats); uuids maps a UUID to its GPU number."""
+
+    def __init__(self, readings: dict[int, list[int]], uuids: dict[str, int] | None = None):
+        self.readings, self.uuids = {i: list(v) for i, v in readings.items()}, uuids or {}
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.readings)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return self.uuids[uuid]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        values = self.readings[handle]
+        return values.pop(0) if len(values) > 1 else values[0]
+
+
 def test_the_energy_counter_sums_every_gpu_a_job_used():
     """NVML reads one GPU per handle: a job on N GPUs must count all N (it read GPU 0 alone)."""
     from costlab.meter import EnergyCounter
 
-    class FakeNVML:  # two GPUs whose counters stand at 1000 and 3000 mJ, then move by 500 and 700
-        readings = {0: [1000, 1500], 1: [3000, 3700]}
-
-        def nvmlInit(self):
-            pass
-
-        def nvmlDeviceGetCount(self):
-            return 2
-
-        def nvmlDeviceGetHandleByIndex(self, i):
-            return i
-
-        def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-            values = self.readings[handle]
-            return values.pop(0) if len(values) > 1 else values[0]
-
-    counter = EnergyCounter(nvml=FakeNVML())
+    # two GPUs whose counters stand at 1000 and 3000 mJ, then move by 500 and 700
+    counter = EnergyCounter(nvml=FakeNVML({0: [1000, 1500], 1: [3000, 3700]}))
     assert counter.gpus == 2
     assert counter.read_j() == (1500 + 3700) / 1000.0  # the probe read once at start-up
 
@@ -158,27 +167,14 @@ def test_the_energy_counter_reads_the_job_s_gpus_through_cuda_visible_devices(mo
     cuda:1 with CUDA_VISIBLE_DEVICES=3,GPU-b reads NVML's GPU 3 and the GPU of UUID GPU-b."""
     from costlab.meter import EnergyCounter
 
-    class FakeNVML:  # four GPUs, at 1, 2, 3 and 4 J; GPU 1 has the UUID "GPU-b"
-        def nvmlInit(self):
-            pass
-
-        def nvmlDeviceGetCount(self):
-            return 4
-
-        def nvmlDeviceGetHandleByIndex(self, i):
-            return i
-
-        def nvmlDeviceGetHandleByUUID(self, uuid):
-            return {"GPU-b": 1}[uuid]
-
-        def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-            return 1000 * (handle + 1)
+    def four_gpus():  # at 1, 2, 3 and 4 J; GPU 1 has the UUID "GPU-b"
+        return FakeNVML({i: [1000 * (i + 1)] for i in range(4)}, uuids={"GPU-b": 1})
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-b,0")
-    assert EnergyCounter(nvml=FakeNVML(), devices=[0, 1]).read_j() == 4.0 + 2.0  # the job's two
-    assert EnergyCounter(nvml=FakeNVML()).read_j() == 4.0 + 2.0 + 1.0  # every GPU CUDA sees
+    assert EnergyCounter(nvml=four_gpus(), devices=[0, 1]).read_j() == 4.0 + 2.0  # the job's two
+    assert EnergyCounter(nvml=four_gpus()).read_j() == 4.0 + 2.0 + 1.0  # every GPU CUDA sees
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert EnergyCounter(nvml=FakeNVML(), devices=[2]).read_j() == 3.0
+    assert EnergyCounter(nvml=four_gpus(), devices=[2]).read_j() == 3.0
 
 
 def test_no_nvml_means_no_energy_reading():

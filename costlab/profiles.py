@@ -125,7 +125,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke", lm_layers=2, encoder_layers=2, seq_len=64, cls_seq_len=32, batch_size=8,
         train_steps=30, eval_every=5, n_train=512, n_eval=128, target_accuracy=0.8,
         warmup_steps=1, timed_steps=3, seeds=(0, 1, 2), world_size=2,
-        deep_lm_layers=8, compile_layers=1, fusion_rows=65536,
+        deep_lm_layers=6, compile_layers=1, fusion_rows=65536,
         head_steps=300, student_layers=1, student_steps=60, student_examples=64, teacher_lr=1e-4,
         stack_seq_len=16, stack_batch_size=4, stack_steps=4, stack_eval_examples=16, stack_lora_lr=3e-2,
         transfer_target=0.65, transfer_seeds=1, transfer_batch_size=16, transfer_lr=7e-4,

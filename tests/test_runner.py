@@ -59,6 +59,18 @@ def test_course_keeps_going_reports_failures_resumes_and_writes_the_report(two_n
     assert "01_fine_tune_dont_pretrain: failed" in out  # a failed notebook is never skipped
 
 
+def test_a_relative_results_folder_gets_the_ledger_beside_the_state(two_notebooks, tmp_path, monkeypatch):
+    """Kernels run in the notebook's folder: a relative COSTLAB_RESULTS (as `make reference` and
+    `make soak` pass) must still put every notebook's ledger where the course writes its state."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COSTLAB_RESULTS", "relative/results")
+    runner.run_course(only=["00_measuring_cost"], report=False)
+    results = tmp_path / "relative" / "results"
+    assert (results / "course_state.json").is_file()
+    assert [json.loads(line)["variant"] for line in (results / "ledger.jsonl").read_text().splitlines()] == ["base", "half"]
+    assert not (two_notebooks / "relative").exists()  # not beside the notebook
+
+
 def test_ctrl_c_stops_the_course_instead_of_failing_the_notebook(two_notebooks, results_dir, tmp_path):
     started = tmp_path / "started"
     _notebook(two_notebooks / "00_measuring_cost.ipynb",

@@ -121,6 +121,7 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
         raise RuntimeError("a reference run names its commit: run it inside the git checkout")
     records = ledger.read(results / "ledger.jsonl")
     mark = stamp(commit + ("+local changes" if dirty else ""), _machine(records), profile)
+    ran_at = _commits(records)  # a lesson rerun later names the commit it ran at, not today's
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -128,7 +129,7 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     for path in executed:
         if path.stem not in names:
             continue  # a notebook of an older manifest: not this course's reference
-        nb = slim(nbformat.read(path, as_version=4), mark)
+        nb = slim(nbformat.read(path, as_version=4), {**mark, "commit": ran_at.get(path.stem, mark["commit"])})
         nbformat.write(nb, out / path.name)
     from . import report
 
@@ -137,7 +138,7 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     # the run's own report, rebuilt here: without an older reference beside it
     report.write(ledger.read_report(results / "ledger.jsonl"), out, report.load_state(results / "course_state.json"),
                  title=f"costlab reference run ({profile})")
-    (out / "README.md").write_text(_readme(mark, _minutes(results), out))
+    (out / "README.md").write_text(_readme(mark, _minutes(results), out, ran_at))
     size = folder_bytes(out.parent)
     if size > MAX_BYTES:
         raise RuntimeError(f"{out.parent} is {size / 2**20:.1f} MiB, over {MAX_BYTES / 2**20:.0f} MiB: "
@@ -145,15 +146,28 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     return out
 
 
-def _readme(mark: dict, minutes: dict[str, float], out: Path) -> str:
-    rows = [f"| [{l.name}]({l.name}.ipynb) | {minutes.get(l.name, '—')} |"
+def _readme(mark: dict, minutes: dict[str, float], out: Path, ran_at: dict[str, str] | None = None) -> str:
+    ran_at = ran_at or {}
+    commits = sorted({ran_at.get(l.name, mark["commit"]) for l in course.LESSONS if (out / f"{l.name}.ipynb").is_file()})
+    rows = [f"| [{l.name}]({l.name}.ipynb) | {minutes.get(l.name, '—')} | `{ran_at.get(l.name, mark['commit'])}` |"
             for l in course.LESSONS if (out / f"{l.name}.ipynb").is_file()]
+    at = f"commit `{commits[0]}`" if len(commits) == 1 else "the commits in the table"
     return "\n".join([
         f"# Reference run, profile `{mark['profile']}`", "",
-        f"Executed with `make reference` at commit `{mark['commit']}` on {mark['machine']}, "
+        f"Executed with `make reference` at {at} on {mark['machine']}, "
         f"{mark['date']}. Read a lesson here before you run it; `report.html` is this run's report, "
         "and your own report lists these headline ratios beside yours.", "",
-        "| lesson | minutes |", "|---|---|", *rows, ""])
+        "| lesson | minutes | commit |", "|---|---|---|", *rows, ""])
+
+
+def _commits(records: list[dict]) -> dict[str, str]:
+    """notebook -> the commit its records were made at (short, marked when the tree had changes)."""
+    out = {}
+    for r in records:
+        prov = r.get("provenance") or {}
+        if prov.get("git_commit"):
+            out[r["notebook"]] = prov["git_commit"] + ("+local changes" if prov.get("git_dirty") else "")
+    return out
 
 
 def folder_bytes(path: Path) -> int:

@@ -90,7 +90,10 @@ def run_course(only: list[str] | None = None, force: bool = False, report: bool 
 
     profile = profiles.get().name
     os.environ[profiles.PROFILE_ENV] = profile  # the kernels inherit it: notebooks see the same profile
-    results = ledger.results_dir()
+    # Absolute, and exported: each kernel runs in notebooks/, where a relative COSTLAB_RESULTS
+    # would put its ledger beside the notebooks instead of beside this run's state.
+    results = ledger.results_dir().resolve()
+    os.environ[ledger.RESULTS_ENV] = str(results)
     out_dir = results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = results / "course_state.json"

@@ -69,8 +69,10 @@ def test_package_writes_slim_notebooks_ledger_report_and_minutes(tmp_path):
     assert not (out / "99_gone_lesson.ipynb").exists()  # not a lesson of this course
     assert (out / "ledger.jsonl").is_file() and "reference run" in (out / "report.html").read_text()
     readme = (out / "README.md").read_text()
-    assert f"| [{LESSON}]({LESSON}.ipynb) | 1.5 |" in readme  # 90 s of the run's state
+    assert f"| [{LESSON}]({LESSON}.ipynb) | 1.5 | `abc1234def` |" in readme  # 90 s of the run's state
     nb = nbformat.read(out / f"{LESSON}.ipynb", as_version=4)
+    # the commit the lesson's records were made at, not the checkout's HEAD at packaging time
+    assert nb.metadata[reference.STAMP_KEY]["commit"] == "abc1234def"
     assert nb.metadata[reference.STAMP_KEY]["profile"] == "cpu"
     assert nb.metadata[reference.STAMP_KEY]["machine"] == "cpu: AMD EPYC (2 cores)"
 

@@ -120,8 +120,10 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     if commit is None:
         raise RuntimeError("a reference run names its commit: run it inside the git checkout")
     records = ledger.read(results / "ledger.jsonl")
-    mark = stamp(commit + ("+local changes" if dirty else ""), _machine(records), profile)
-    ran_at = _commits(records)  # a lesson rerun later names the commit it ran at, not today's
+    mark = stamp(_commit_label(commit, dirty), _machine(records), profile)
+    # each lesson names the commit its records were made at (a lesson rerun later differs), else today's
+    ran_at = {l.name: mark["commit"] for l in course.LESSONS}
+    ran_at.update(_commits(records))
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -129,7 +131,7 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     for path in executed:
         if path.stem not in names:
             continue  # a notebook of an older manifest: not this course's reference
-        nb = slim(nbformat.read(path, as_version=4), {**mark, "commit": ran_at.get(path.stem, mark["commit"])})
+        nb = slim(nbformat.read(path, as_version=4), {**mark, "commit": ran_at[path.stem]})
         nbformat.write(nb, out / path.name)
     from . import report
 
@@ -146,12 +148,12 @@ def package(results: str | Path, out: str | Path, profile: str) -> Path:
     return out
 
 
-def _readme(mark: dict, minutes: dict[str, float], out: Path, ran_at: dict[str, str] | None = None) -> str:
-    ran_at = ran_at or {}
-    commits = sorted({ran_at.get(l.name, mark["commit"]) for l in course.LESSONS if (out / f"{l.name}.ipynb").is_file()})
-    rows = [f"| [{l.name}]({l.name}.ipynb) | {minutes.get(l.name, '—')} | `{ran_at.get(l.name, mark['commit'])}` |"
-            for l in course.LESSONS if (out / f"{l.name}.ipynb").is_file()]
-    at = f"commit `{commits[0]}`" if len(commits) == 1 else "the commits in the table"
+def _readme(mark: dict, minutes: dict[str, float], out: Path, ran_at: dict[str, str]) -> str:
+    """ran_at: lesson -> the commit it ran at."""
+    packaged = [l.name for l in course.LESSONS if (out / f"{l.name}.ipynb").is_file()]
+    commits = {ran_at[name] for name in packaged}
+    at = f"commit `{commits.pop()}`" if len(commits) == 1 else "the commits in the table"
+    rows = [f"| [{name}]({name}.ipynb) | {minutes.get(name, '—')} | `{ran_at[name]}` |" for name in packaged]
     return "\n".join([
         f"# Reference run, profile `{mark['profile']}`", "",
         f"Executed with `make reference` at {at} on {mark['machine']}, "
@@ -160,14 +162,14 @@ def _readme(mark: dict, minutes: dict[str, float], out: Path, ran_at: dict[str, 
         "| lesson | minutes | commit |", "|---|---|---|", *rows, ""])
 
 
+def _commit_label(commit: str, dirty: bool | None) -> str:
+    return commit + ("+local changes" if dirty else "")
+
+
 def _commits(records: list[dict]) -> dict[str, str]:
-    """notebook -> the commit its records were made at (short, marked when the tree had changes)."""
-    out = {}
-    for r in records:
-        prov = r.get("provenance") or {}
-        if prov.get("git_commit"):
-            out[r["notebook"]] = prov["git_commit"] + ("+local changes" if prov.get("git_dirty") else "")
-    return out
+    """notebook -> the commit its records were made at (marked when the tree had changes)."""
+    return {r["notebook"]: _commit_label(prov["git_commit"], prov.get("git_dirty"))
+            for r in records if (prov := r.get("provenance") or {}).get("git_commit")}
 
 
 def folder_bytes(path: Path) -> int:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .course import scoreboard
 from . import ledger
-
-FRAGILE_MARGIN = 0.10  # an asserted claim this close to its threshold may fail on the next run
+from .expect import NARROW_MARGIN as FRAGILE_MARGIN  # an asserted claim this close to its threshold may fail next run
 
 
 def machine(line: dict) -> str:
@@ -86,11 +85,20 @@ class SoakRow:
     failed: int
     profiles: dict[str, int]
     asserted: bool
+    narrow_because: str = ""  # the notebook's reason the margin is small by nature (newest run's)
+
+    @property
+    def narrow(self) -> bool:
+        return self.asserted and self.smallest_margin is not None and self.smallest_margin < FRAGILE_MARGIN
+
+    @property
+    def explained(self) -> bool:
+        """Narrow, never failed, and the notebook says why the margin is small by nature."""
+        return self.narrow and self.failed == 0 and bool(self.narrow_because)
 
     @property
     def fragile(self) -> bool:
-        return self.asserted and (self.failed > 0 or (self.smallest_margin is not None
-                                                      and self.smallest_margin < FRAGILE_MARGIN))
+        return self.asserted and (self.failed > 0 or (self.narrow and not self.explained))
 
 
 def soak_rows(lines: list[dict]) -> list[SoakRow]:
@@ -107,7 +115,9 @@ def soak_rows(lines: list[dict]) -> list[SoakRow]:
         rows.append(SoakRow(notebook, text, min(margins) if margins else None,
                             len({str(c.get("run_id")) for c in found}),
                             sum(c["claim"].get("status") == "FAILED" for c in found), profiles,
-                            any(c["claim"].get("asserted", True) for c in found)))
+                            any(c["claim"].get("asserted", True) for c in found),
+                            next((str(c["claim"]["narrow_because"]) for c in reversed(found)
+                                  if c["claim"].get("narrow_because")), "")))
     return sorted(rows, key=lambda r: (r.notebook, r.text))
 
 
@@ -125,11 +135,13 @@ def soak_table(rows: list[SoakRow], width: int = 70) -> str:
     for r in rows:
         text = r.text if len(r.text) <= width else r.text[:width - 1] + "…"
         m = f"{r.smallest_margin:+.0%}" if r.smallest_margin is not None else "yes/no"
-        mark = "  FRAGILE" if r.fragile else "" if r.asserted else "  (reported, not asserted)"
+        mark = ("  FRAGILE" if r.fragile else f"  narrow, explained: {r.narrow_because}" if r.explained
+                else "" if r.asserted else "  (reported, not asserted)")
         profiles = ", ".join(f"{p}x{n}" for p, n in sorted(r.profiles.items()))
         out.append(f"{text:<{width}}  {r.notebook:<26} {m:>10} {r.runs:>5} {r.failed:>6}  {profiles}{mark}")
-    fragile = sum(r.fragile for r in rows)
-    out.append(f"{len(rows)} claim(s); {fragile} fragile (failed, or under {FRAGILE_MARGIN:.0%} margin on some run)")
+    fragile, explained = sum(r.fragile for r in rows), sum(r.explained for r in rows)
+    out.append(f"{len(rows)} claim(s); {fragile} fragile (failed, or under {FRAGILE_MARGIN:.0%} margin on some run "
+               f"with no reason given); {explained} narrow by nature, with the notebook's reason")
     return "\n".join(out)
 
 

@@ -17,6 +17,11 @@ positive means inside and negative outside on both sides (1.27x against a 1.5x f
 2.0x: +33%). A quality claim's value is how much worse the variant is and its limit the bound,
 so its margin is the share of the allowed loss left unused (a bound of 0 is measured against
 the reference value instead).
+
+A claim whose margin is small by nature passes `narrow_because=...`: why (a byte count that is
+the same on every run; a share that cannot exceed 1). The reason is recorded with the claim and
+printed when the margin is under 10%, and the soak table marks the claim as explained instead of
+fragile. It changes no threshold: the claim is asserted as before.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from . import metrics
+
+NARROW_MARGIN = 0.10  # under this margin, a claim may fail on the next run unless its notebook says why not
 
 
 class ClaimFailed(AssertionError):
@@ -42,6 +49,7 @@ class Claim:
     margin: float | None = None  # see the module docstring; None for a yes/no claim
     asserted: bool = True  # False: reported only (not expected on this hardware)
     metric: str = ""
+    narrow_because: str = ""  # why the margin is small by nature (see the module docstring)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,46 +83,48 @@ class Checks:
 
     def _add(self, text: str, ok: bool, measured: str, expected_here: bool = True, reason: str = "",
              value: float | None = None, threshold: float | None = None, direction: str = "at_least",
-             metric: str = "", scale: float | None = None) -> bool:
+             metric: str = "", scale: float | None = None, narrow_because: str = "") -> bool:
         status = "held" if ok else ("not expected here" if not expected_here else "FAILED")
         m = margin(_finite(value), threshold, direction, scale) if threshold is not None else None
         claim = Claim(text, measured, status, reason, _finite(value), _finite(threshold), direction,
-                      m if m is None or math.isfinite(m) else None, expected_here, metric)
+                      m if m is None or math.isfinite(m) else None, expected_here, metric, narrow_because)
         self.claims.append(claim)
         mark = {"held": "PASS", "FAILED": "FAIL", "not expected here": "INFO"}[status]
         # Why a claim is not expected here matters when it did not hold; a claim that held anyway
         # only says it was not asserted (the reason would contradict what was just measured).
         note = (f" ({reason})" if reason and not ok else " (not asserted on this hardware)" if not expected_here else "")
         inside = f", margin {claim.margin:+.0%}" if claim.margin is not None else ""
+        if ok and narrow_because and claim.margin is not None and claim.margin < NARROW_MARGIN:
+            inside += f" (narrow by nature: {narrow_because})"
         print(f"[{mark}] {text}: measured {measured}{inside}{note}")
         return ok
 
     def saving(self, metric: str, before: float, after: float, *, at_least: float,
-               expected_here: bool = True, reason: str = "") -> bool:
+               expected_here: bool = True, reason: str = "", narrow_because: str = "") -> bool:
         """`after` is at least `at_least` times better than `before` in the metric's direction."""
         ratio = metrics.improvement_ratio(metric, before, after)
         return self._add(f"{metrics.spec(metric).label} at least {at_least:g}x better", ratio >= at_least,
                          f"{ratio:.2f}x ({metrics.format_value(metric, before)} -> "
                          f"{metrics.format_value(metric, after)})", expected_here, reason,
-                         value=ratio, threshold=at_least, metric=metric)
+                         value=ratio, threshold=at_least, metric=metric, narrow_because=narrow_because)
 
-    def quality(self, metric: str, before: float, after: float, *, bound: float) -> bool:
+    def quality(self, metric: str, before: float, after: float, *, bound: float, narrow_because: str = "") -> bool:
         """Quality got worse by at most `bound` (metric units; 0 means 'no worse')."""
         worse_by = (after - before) if metrics.lower_is_better(metric) else (before - after)
         return self._add(f"{metrics.spec(metric).label} worse than the reference by at most {bound:.3g}",
                          worse_by <= bound, f"{before:.4g} -> {after:.4g} (worse by {worse_by:+.4g})",
                          value=worse_by, threshold=bound, direction="at_most", metric=metric,
-                         scale=bound if bound > 0 else abs(before))
+                         scale=bound if bound > 0 else abs(before), narrow_because=narrow_because)
 
     def at_most(self, text: str, value: float, limit: float, *, expected_here: bool = True,
-                reason: str = "") -> bool:
+                reason: str = "", narrow_because: str = "") -> bool:
         return self._add(text, value <= limit, f"{value:.4g} (limit {limit:.4g})", expected_here, reason,
-                         value=value, threshold=limit, direction="at_most")
+                         value=value, threshold=limit, direction="at_most", narrow_because=narrow_because)
 
     def at_least(self, text: str, value: float, floor: float, *, expected_here: bool = True,
-                 reason: str = "") -> bool:
+                 reason: str = "", narrow_because: str = "") -> bool:
         return self._add(text, value >= floor, f"{value:.4g} (floor {floor:.4g})", expected_here, reason,
-                         value=value, threshold=floor)
+                         value=value, threshold=floor, narrow_because=narrow_because)
 
     def true(self, text: str, condition: bool, measured: str = "") -> bool:
         return self._add(text, bool(condition), measured or str(bool(condition)))

@@ -149,3 +149,27 @@ def test_claim_lines_are_plain_json(results_dir):
     s.checks.verify()
     raw = (results_dir / "ledger.jsonl").read_text().splitlines()
     assert json.loads(raw[-1])["kind"] == "claim"
+
+
+def test_a_narrow_claim_whose_notebook_says_why_is_explained_not_fragile(tmp_path, capsys):
+    checks = expect.Checks("14_stacking_the_cuts")
+    checks.saving("activation_bytes", 1.3, 1.0, at_least=1.2, narrow_because="a byte count, the same on every run")
+    checks.saving("optimizer_state_bytes", 1.3, 1.0, at_least=1.2)  # as narrow, no reason given
+    assert "narrow by nature: a byte count" in capsys.readouterr().out
+    for run in ("a", "b"):
+        for claim in checks.claims:
+            ledger.append(ledger.make_claim_record("14_stacking_the_cuts", claim.as_dict(), profile="cpu",
+                                                   run_id=run), tmp_path / "ledger.jsonl")
+    rows = {r.text.split(" at least")[0]: r for r in claims.soak_rows(claims.read_dirs([tmp_path]))}
+    explained, unexplained = rows["bytes saved for backward"], rows["optimizer state bytes"]
+    assert explained.explained and not explained.fragile and explained.narrow_because.startswith("a byte count")
+    assert unexplained.fragile and not unexplained.explained
+    table = claims.soak_table(list(rows.values()))
+    assert "narrow, explained: a byte count" in table and "1 fragile" in table and "1 narrow by nature" in table
+    # a reason does not excuse a failure: the same claim failing on one run is fragile again
+    failed = expect.Claim("bytes saved for backward at least 1.2x better", "1.1x", "FAILED", value=1.1, threshold=1.2,
+                          margin=-0.08, narrow_because="a byte count, the same on every run")
+    ledger.append(ledger.make_claim_record("14_stacking_the_cuts", failed.as_dict(), profile="cpu", run_id="c"),
+                  tmp_path / "ledger.jsonl")
+    again = {r.text: r for r in claims.soak_rows(claims.read_dirs([tmp_path]))}
+    assert again["bytes saved for backward at least 1.2x better"].fragile

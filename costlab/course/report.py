@@ -185,7 +185,8 @@ def _margin(claim: dict) -> str:
     if not isinstance(m, (int, float)):
         return "—"
     cls = "failed" if m < 0 else "costs-more" if m < claims.FRAGILE_MARGIN else "saving"
-    return f'<span class="{cls}">{m:+.0%}</span>'
+    why = claim.get("narrow_because") if 0 <= m < claims.FRAGILE_MARGIN else ""
+    return f'<span class="{cls}">{m:+.0%}</span>' + (f'<br><small>narrow by nature: {_e(why)}</small>' if why else "")
 
 
 def _claims_section(lines: list[dict]) -> str:

@@ -85,7 +85,7 @@ class SoakRow:
     failed: int
     profiles: dict[str, int]
     asserted: bool
-    narrow_because: str = ""  # the notebook's reason the margin is small by nature (newest run's)
+    narrow_because: str = ""  # the notebook's reason the margin is small by nature (on the tightest run)
 
     @property
     def narrow(self) -> bool:
@@ -102,22 +102,26 @@ class SoakRow:
 
 
 def soak_rows(lines: list[dict]) -> list[SoakRow]:
-    """One row per claim (notebook, text) over every run in `lines`."""
+    """One row per claim (notebook, text) over every run in `lines`; its smallest margin is taken
+    over the runs that asserted it (over all runs if none did)."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for line in numbered(lines):
         grouped.setdefault(key(line), []).append(line)
     rows = []
     for (notebook, text), found in grouped.items():
-        margins = [c["claim"]["margin"] for c in found if isinstance(c["claim"].get("margin"), (int, float))]
+        # A claim asserted on some runs and only reported on others (02's 25% form is asserted on
+        # the whole model, reported on smoke's truncated one) is judged on the runs that asserted it.
+        asserted = [c for c in found if c["claim"].get("asserted", True)]
+        judged = asserted or found
+        with_margin = [c for c in judged if isinstance(c["claim"].get("margin"), (int, float))]
+        tightest = min(with_margin, key=lambda c: c["claim"]["margin"]) if with_margin else None
         profiles: dict[str, int] = {}
         for c in found:
             profiles[str(c.get("profile"))] = profiles.get(str(c.get("profile")), 0) + 1
-        rows.append(SoakRow(notebook, text, min(margins) if margins else None,
+        rows.append(SoakRow(notebook, text, tightest["claim"]["margin"] if tightest else None,
                             len({str(c.get("run_id")) for c in found}),
-                            sum(c["claim"].get("status") == "FAILED" for c in found), profiles,
-                            any(c["claim"].get("asserted", True) for c in found),
-                            next((str(c["claim"]["narrow_because"]) for c in reversed(found)
-                                  if c["claim"].get("narrow_because")), "")))
+                            sum(c["claim"].get("status") == "FAILED" for c in found), profiles, bool(asserted),
+                            str(tightest["claim"].get("narrow_because") or "") if tightest else ""))
     return sorted(rows, key=lambda r: (r.notebook, r.text))
 
 

@@ -173,3 +173,14 @@ def test_a_narrow_claim_whose_notebook_says_why_is_explained_not_fragile(tmp_pat
                   tmp_path / "ledger.jsonl")
     again = {r.text: r for r in claims.soak_rows(claims.read_dirs([tmp_path]))}
     assert again["bytes saved for backward at least 1.2x better"].fragile
+
+
+def test_a_claim_reported_on_one_profile_is_judged_on_the_runs_that_asserted_it(tmp_path):
+    lines = [("smoke", False, -1.6, "not expected here"), ("cpu", True, 0.25, "held")]
+    for i, (profile, asserted, margin, status) in enumerate(lines):
+        claim = expect.Claim("LoRA's eval loss / full fine-tuning's", "x", status, value=1.0, threshold=1.25,
+                             direction="at_most", margin=margin, asserted=asserted)
+        ledger.append(ledger.make_claim_record("02_lora", claim.as_dict(), profile=profile, run_id=f"r{i}"),
+                      tmp_path / "ledger.jsonl")
+    (row,) = claims.soak_rows(claims.read_dirs([tmp_path]))
+    assert row.smallest_margin == pytest.approx(0.25) and row.asserted and not row.fragile and row.runs == 2

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import metrics
 
-NARROW_MARGIN = 0.10  # under this margin, a claim may fail on the next run unless its notebook says why not
+FRAGILE_MARGIN = 0.10  # under this margin, an asserted claim may fail on the next run unless its notebook says why not
 
 
 class ClaimFailed(AssertionError):
@@ -94,7 +94,7 @@ class Checks:
         # only says it was not asserted (the reason would contradict what was just measured).
         note = (f" ({reason})" if reason and not ok else " (not asserted on this hardware)" if not expected_here else "")
         inside = f", margin {claim.margin:+.0%}" if claim.margin is not None else ""
-        if ok and narrow_because and claim.margin is not None and claim.margin < NARROW_MARGIN:
+        if ok and narrow_because and claim.margin is not None and claim.margin < FRAGILE_MARGIN:
             inside += f" (narrow by nature: {narrow_because})"
         print(f"[{mark}] {text}: measured {measured}{inside}{note}")
         return ok

@@ -4,6 +4,7 @@ Every ledger line, table and plot takes names and directions from here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -84,6 +85,8 @@ def format_value(name: str, value: float | None) -> str:
     """Human units: bytes in MiB/GiB, FLOPs in G/T, seconds with sensible digits."""
     if value is None:
         return "n/a"
+    if math.isinf(value):  # e.g. compute to a target that was never reached
+        return "never" if value > 0 else "-inf"
     unit = spec(name).unit
     if unit == "B":
         for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):

@@ -1,10 +1,11 @@
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
-from costlab import compare, ledger
+from costlab import compare, ledger, metrics
 from costlab.expect import Checks, ClaimFailed
 
 
@@ -91,3 +92,8 @@ def test_anchors_table_puts_our_ratio_beside_the_published_one():
     frame = anchors.beside("02", {"trainable_params": 1152.0})
     row = frame[frame["published (not measured here)"].str.contains("trainable")].iloc[0]
     assert row["ours x (measured here)"] == "1.15e+03x" and row["published x"] == "1e+04x"
+
+
+def test_a_target_never_reached_reads_never_not_an_infinite_number_of_flops():
+    assert metrics.format_value("flops_to_target", math.inf) == "never"
+    assert metrics.format_value("flops_to_target", 2.5e9) == "2.50G FLOP"

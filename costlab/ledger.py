@@ -10,6 +10,7 @@ margin, status, asserted). `read` returns variant records only, as before; `read
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,12 @@ def results_dir() -> Path:
     path = Path(os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parent.parent / "results")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def finite_or_none(value: float) -> float | None:
+    """The ledger stores numbers only: 'never reached' (infinite) or undefined (nan) is left out
+    as None, like a value that was not measured."""
+    return value if math.isfinite(value) else None
 
 
 def default_path() -> Path:

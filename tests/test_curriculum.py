@@ -14,7 +14,6 @@ def test_share_at_hard_end_and_spread_with_runs_that_never_reached():
     s = curriculum.spread([10, None, 30])
     assert s.median == 30 and math.isinf(s.high) and s.reached == 2
     assert "never" in s.text()
-    assert curriculum.finite_or_none(math.inf) is None
 
 
 def test_first_reaching_reads_the_curve():

@@ -94,6 +94,11 @@ def test_anchors_table_puts_our_ratio_beside_the_published_one():
     assert row["ours x (measured here)"] == "1.15e+03x" and row["published x"] == "1e+04x"
 
 
+def test_the_ledger_records_a_never_reached_or_undefined_value_as_not_measured():
+    assert ledger.finite_or_none(math.inf) is None and ledger.finite_or_none(math.nan) is None
+    assert ledger.finite_or_none(2.5) == 2.5
+
+
 def test_a_target_never_reached_reads_never_not_an_infinite_number_of_flops():
     assert metrics.format_value("flops_to_target", math.inf) == "never"
     assert metrics.format_value("flops_to_target", 2.5e9) == "2.50G FLOP"

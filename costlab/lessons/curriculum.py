@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import probe
+from ..ledger import finite_or_none
 from ..train import TrainConfig, TrainResult, train
 
 Batches = Iterator[dict[str, torch.Tensor]]
@@ -91,11 +92,6 @@ class RunSummary:
         return cls(spread([step for step, _ in reached]), spread([flops for _, flops in reached]),
                    spread([r.final_metric for r in results]),
                    statistics.median(r.train_seconds for r in results))
-
-
-def finite_or_none(value: float) -> float | None:
-    """For the ledger, which stores numbers only: 'never reached' (infinite) is left out."""
-    return None if math.isinf(value) else value
 
 
 def plot_scores(ax, values: torch.Tensor, marked: torch.Tensor, title: str) -> None:

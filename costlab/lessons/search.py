@@ -4,8 +4,8 @@ The notebook writes the objective and the `optuna.create_study(..., pruner=...)`
 keeps the accounting that every search shares:
 
     x_train, y_train, x_val, y_val = search.pooled(feats)     # one vector per review
-    ledger = search.spent(study.trials)                       # epochs after each trial, best so far
-    ledger.to_reach(threshold)                                # epochs until a finished trial got there
+    spent = search.spent(study.trials)                        # epochs after each trial, best so far
+    spent.to_reach(threshold)                                 # epochs until a finished trial got there
     search.random_search_expected(values, costs, threshold)   # exact, from the grid's results
     search.storage_url()                                      # a SQLite file a later kernel resumes
 
@@ -50,16 +50,16 @@ class Spent:
         return math.inf
 
 
-def spent(trials: list[optuna.trial.FrozenTrial], attr: str = "epochs") -> Spent:
-    """Cumulative cost (the trials' `attr` user attribute) and best-so-far, by trial number. A
+def spent(trials: list[optuna.trial.FrozenTrial]) -> Spent:
+    """Cumulative epochs (each trial's "epochs" user attribute) and best-so-far, by trial number. A
     failed trial (an interrupted one) counts for what it spent before it stopped; a trial still
     running, or one that never reported, counts for nothing."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    done = sorted((t for t in trials if t.state in states and attr in t.user_attrs), key=lambda t: t.number)
+    done = sorted((t for t in trials if t.state in states and "epochs" in t.user_attrs), key=lambda t: t.number)
     total, best = 0, math.nan
     out = ([], [], [])
     for t in done:
-        total += t.user_attrs[attr]
+        total += t.user_attrs["epochs"]
         if t.state == optuna.trial.TrialState.COMPLETE:
             best = t.value if math.isnan(best) else max(best, t.value)
         for column, value in zip(out, (total, best, t.state.name)):
